@@ -1,0 +1,532 @@
+"""Qwen3 with two attention views over one KV cache: the Orthrus model.
+
+Mirrors Hugging Face's `transformers/models/qwen3/modeling_qwen3.py` (module and
+parameter names are the same, so checkpoints load with a strict name check) and
+adds the diffusion view of Orthrus (arXiv 2605.12825, §3): a second set of
+attention projections `*_proj_diff` / `*_norm_diff` per layer.
+
+Read top to bottom: config -> RMSNorm -> RoPE -> attention (both views) -> MLP
+-> decoder layer -> model -> loading from safetensors.
+
+The two views differ in exactly three things (see `Qwen3Attention.forward`):
+  * which projections make q, k, v and the output   (`*_proj` or `*_proj_diff`)
+  * the mask inside the block of new tokens         (causal or bidirectional)
+  * whether the block's K/V stay in the cache       (AR: yes; diffusion: no)
+
+Shape vocabulary: B batch, T new tokens in this call, H query heads, Hkv KV
+heads, D head_dim, L tokens already in the cache, C hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import OrthrusError
+from .kvcache import KVCache
+
+VIEWS = ("ar", "diffusion")
+ATTN_BACKENDS = ("torch", "triton")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class Qwen3Config:
+    """The fields of a Qwen3 / Orthrus `config.json` that the model uses."""
+
+    vocab_size: int
+    hidden_size: int  # C
+    intermediate_size: int  # MLP width
+    num_hidden_layers: int
+    num_attention_heads: int  # H
+    num_key_value_heads: int  # Hkv; H % Hkv == 0 (grouped-query attention)
+    head_dim: int  # D; Qwen3 sets it explicitly (0.6B: C=1024, H=16, D=128)
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    eos_token_id: tuple[int, ...] = ()
+    model_type: str = "qwen3"  # "qwen3" (AR only) or "orthrus" (AR + diffusion view)
+    block_size: int | None = None  # Orthrus: K, tokens drafted per diffusion pass
+    mask_token_id: int | None = None  # Orthrus: the [MASK] filling the draft block
+    extra: dict = field(default_factory=dict, repr=False)  # every other field, kept for saving
+
+    @property
+    def has_diffusion_view(self) -> bool:
+        return self.model_type == "orthrus"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Qwen3Config":
+        """Reads a `config.json` dict; unsupported features raise `OrthrusError` naming the field."""
+        d = dict(d)
+        model_type = d.get("model_type")
+        if model_type not in ("qwen3", "orthrus"):
+            raise OrthrusError(f"config.json: model_type is {model_type!r}; expected 'qwen3' or 'orthrus'")
+        required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+        for name in required:
+            if d.get(name) is None:
+                raise OrthrusError(f"config.json: required field '{name}' is missing")
+        if d.get("attention_bias"):
+            raise OrthrusError("config.json: attention_bias=true is not supported (Qwen3 has no attention bias)")
+        if d.get("hidden_act", "silu") != "silu":
+            raise OrthrusError(f"config.json: hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
+        if d.get("use_sliding_window"):
+            raise OrthrusError("config.json: use_sliding_window=true is not supported (full attention only)")
+        layer_types = d.get("layer_types") or []
+        if any(t != "full_attention" for t in layer_types):
+            raise OrthrusError(f"config.json: layer_types {sorted(set(layer_types))} is not supported (full_attention only)")
+
+        # RoPE base: `rope_theta` (older files) or `rope_parameters.rope_theta` (newer ones).
+        rope_theta = d.get("rope_theta", 10000.0)
+        for key in ("rope_parameters", "rope_scaling"):
+            params = d.get(key)
+            if not params:
+                continue
+            rope_type = params.get("rope_type", params.get("type", "default"))
+            if rope_type != "default":
+                raise OrthrusError(f"config.json: {key}.rope_type={rope_type!r} is not supported (only 'default' RoPE)")
+            rope_theta = params.get("rope_theta", rope_theta)
+
+        eos = d.get("eos_token_id")
+        eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+        num_heads = d["num_attention_heads"]
+        num_kv_heads = d.get("num_key_value_heads") or num_heads
+        if num_heads % num_kv_heads:
+            raise OrthrusError(f"config.json: num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv_heads}")
+        known = {f for f in cls.__dataclass_fields__} | {"rope_parameters", "rope_scaling"}
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // num_heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            eos_token_id=eos,
+            model_type=model_type,
+            block_size=d.get("block_size"),
+            mask_token_id=d.get("mask_token_id"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Qwen3Config":
+        """Reads `config.json` from a file path."""
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise OrthrusError(f"{path}: config.json not found") from None
+        except json.JSONDecodeError as e:
+            raise OrthrusError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        """The config as a `config.json` dict in the Hugging Face layout (Orthrus fields only when present)."""
+        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        d.update(self.extra)
+        d["eos_token_id"] = list(self.eos_token_id) if len(self.eos_token_id) != 1 else self.eos_token_id[0]
+        d["rope_parameters"] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        if self.block_size is None:
+            d.pop("block_size")
+        if self.mask_token_id is None:
+            d.pop("mask_token_id")
+        return d
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 like Hugging Face's Qwen3RMSNorm."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables of rotate-half RoPE for every position, computed once."""
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.max_positions = config.max_position_embeddings
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.build(None)
+
+    def build(self, device: torch.device | str | None) -> None:
+        """(Re)computes the tables on `device` in fp32 (needed after building the model on `meta`)."""
+        D = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))  # (D/2,)
+        positions = torch.arange(self.max_positions, device=device).float()  # (P,)
+        freqs = torch.outer(positions, inv_freq)  # (P, D/2)
+        angles = torch.cat([freqs, freqs], dim=-1)  # (P, D)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions start … start+length-1, each (length, D) in `dtype`."""
+        return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim (non-interleaved RoPE)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates x (B, heads, T, D) by the angles of its T positions; cos/sin are (T, D)."""
+    return x * cos + rotate_half(x) * sin
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, backend: str = "torch") -> torch.Tensor:
+    """Softmax attention of a block of T queries over L cached keys followed by the block's own T keys.
+
+    q: (B, H, T, D); k, v: (B, Hkv, L+T, D). The cached prefix is fully visible; inside
+    the block the mask is causal (AR view) or absent (diffusion view: bidirectional).
+    Returns (B, H, T, D).
+    """
+    if backend == "triton":
+        from .triton_attn import block_attention
+
+        return block_attention(q, k, v, causal=causal)
+    T, S = q.shape[2], k.shape[2]
+    mask, is_causal = None, False
+    if causal and T > 1:
+        if S == T:
+            is_causal = True  # no prefix: plain causal attention
+        else:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # (T, L+T): query i sees keys <= L+i
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+
+
+class Qwen3Attention(nn.Module):
+    """Grouped-query attention with per-head q/k RMSNorm; with a diffusion view when the config has one."""
+
+    def __init__(self, config: Qwen3Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        C, H, Hkv, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=False)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.q_norm = RMSNorm(D, config.rms_norm_eps)
+        self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        if config.has_diffusion_view:  # Orthrus: the diffusion view's own attention weights
+            self.q_proj_diff = nn.Linear(C, H * D, bias=False)
+            self.k_proj_diff = nn.Linear(C, Hkv * D, bias=False)
+            self.v_proj_diff = nn.Linear(C, Hkv * D, bias=False)
+            self.o_proj_diff = nn.Linear(H * D, C, bias=False)
+            self.q_norm_diff = RMSNorm(D, config.rms_norm_eps)
+            self.k_norm_diff = RMSNorm(D, config.rms_norm_eps)
+        self.attn_backend = "torch"
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str) -> torch.Tensor:
+        """x (B, T, C) at positions L … L+T-1 -> (B, T, C); writes the block's K/V into cache slots L … L+T-1."""
+        if view == "ar":
+            q_proj, k_proj, v_proj, o_proj, q_norm, k_norm = self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.q_norm, self.k_norm
+        else:
+            q_proj, k_proj, v_proj, o_proj = self.q_proj_diff, self.k_proj_diff, self.v_proj_diff, self.o_proj_diff
+            q_norm, k_norm = self.q_norm_diff, self.k_norm_diff
+        B, T, _ = x.shape
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = q_norm(q_proj(x).view(B, T, H, D)).transpose(1, 2)  # (B, H, T, D)
+        k = k_norm(k_proj(x).view(B, T, Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # Both views put the block right after the prefix; only the AR view's stay (the model
+            # advances the cache length after an AR forward), the diffusion view's are overwritten.
+            k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, L+T, D)
+        out = attention(q, k, v, causal=(view == "ar"), backend=self.attn_backend)  # (B, H, T, D)
+        return o_proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+
+
+class Qwen3MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). Shared by both views."""
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: Qwen3Config, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Qwen3Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = Qwen3MLP(config)
+
+    def forward(self, x, cos, sin, cache, view):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, view)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nn.Module):
+    """Embeddings -> decoder layers -> final norm (HF's `model.` prefix)."""
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+
+class Qwen3ForCausalLM(nn.Module):
+    """The whole model: `model` (shared trunk) + `lm_head`; one forward for both views.
+
+    A checkpoint with `model_type: orthrus` has the diffusion view; a plain Qwen3 one is AR-only.
+    """
+
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.config = config
+        self.model = Qwen3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def set_attn_backend(self, backend: str) -> None:
+        """Chooses the attention implementation of every layer: "torch" (SDPA) or "triton" (our kernel)."""
+        if backend not in ATTN_BACKENDS:
+            raise OrthrusError(f"attention backend {backend!r} is unknown; choose one of {ATTN_BACKENDS}")
+        for layer in self.model.layers:
+            layer.self_attn.attn_backend = backend
+
+    def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
+        """A preallocated KV cache for `max_len` tokens of `batch_size` sequences, in the model's dtype and device."""
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim, dtype=self.dtype, device=self.device)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, view: str = "ar", logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, T', V) for input_ids (B, T) at positions L … L+T-1, L = cache length (0 without a cache).
+
+        view="ar": causal; with a cache, the T new K/V are appended (the cache length grows by T).
+        view="diffusion": the draft pass — bidirectional inside the block, reads the cache, leaves
+        its length unchanged. logits_to_keep=n > 0 computes logits for the last n positions only.
+        """
+        if view not in VIEWS:
+            raise OrthrusError(f"view {view!r} is unknown; choose one of {VIEWS}")
+        if view == "diffusion" and not self.config.has_diffusion_view:
+            raise OrthrusError("this checkpoint has no diffusion view (model_type 'qwen3'); use AR mode or add one with init_diffusion_view()")
+        B, T = input_ids.shape
+        L = cache.length if cache is not None else 0
+        if L + T > self.config.max_position_embeddings:
+            raise OrthrusError(f"{L + T} positions exceed the model's context (max_position_embeddings={self.config.max_position_embeddings})")
+        if cache is not None:
+            cache.check_room(T)
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.model.rotary_emb(L, T, x.dtype)  # (T, D) each
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, view)  # (B, T, C)
+        x = self.model.norm(x)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, T', C)
+        logits = self.lm_head(x)  # (B, T', V)
+        if cache is not None and view == "ar":
+            cache.advance(T)
+        return logits
+
+
+# --------------------------------------------------------------------------- loading
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+CHECKPOINT_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                       "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None -> cuda if available else cpu; checks that the asked device exists."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OrthrusError(f"device {device!r} is not a valid torch device (try 'cpu', 'cuda' or 'cuda:0')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OrthrusError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise OrthrusError(f"device {device!r} is not supported (use 'cpu' or 'cuda')")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto"/None -> bfloat16 on CUDA, float32 on CPU; otherwise a name from DTYPES or a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise OrthrusError(f"dtype {dtype!r} is unknown; choose one of auto, float32, bfloat16, float16")
+    return DTYPES[dtype]
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint folder, or a Hub id `org/name` downloaded (only the files we use) into the HF cache.
+
+    With HF_HUB_OFFLINE=1 (or no network) a Hub id resolves from the cache alone.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists():
+        raise OrthrusError(f"{name}: is a file; --model wants a checkpoint folder or a Hub id like 'org/name'")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise OrthrusError(f"{name}: no such checkpoint folder (and not a Hub id of the form 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=CHECKPOINT_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated, network error: all mean "cannot get it"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OrthrusError(f"{name}: not a local folder, and could not get it from the Hugging Face Hub or its cache ({type(e).__name__}: {reason})") from None
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: the shards listed in `model.safetensors.index.json`, or `model.safetensors`."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise OrthrusError(f"{index}: not a valid safetensors index ({e})") from None
+        return [folder / f for f in sorted(set(weight_map.values()))]
+    single = folder / "model.safetensors"
+    if single.exists():
+        return [single]
+    found = sorted(folder.glob("*.safetensors"))
+    if found:
+        return found
+    raise OrthrusError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
+               attn: str | None = None) -> Qwen3ForCausalLM:
+    """Loads a Qwen3 or Orthrus checkpoint (folder or Hub id) for inference.
+
+    The model is built on the `meta` device and every tensor is read from the safetensors
+    files straight into its parameter (converted to `dtype` on `device`), so no second full
+    copy is ever held. Missing, unexpected and mis-shaped tensors are reported by name.
+    attn: "torch" or "triton"; None picks triton on CUDA when it is installed, torch otherwise.
+    """
+    from safetensors import safe_open
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    folder = resolve_checkpoint(name_or_path)
+    config = Qwen3Config.from_json(folder / "config.json")
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    expected = {name: p.shape for name, p in model.named_parameters()}  # tied lm_head is not listed
+    state, unexpected, misshaped = {}, [], []
+    for file in safetensors_files(folder):
+        if not file.exists():
+            raise OrthrusError(f"{file}: shard listed in the index is missing")
+        try:
+            with safe_open(file, framework="pt", device=str(dev)) as f:
+                for name in f.keys():
+                    if name not in expected:
+                        if not (name == "lm_head.weight" and config.tie_word_embeddings):
+                            unexpected.append(name)
+                        continue
+                    shape = tuple(f.get_slice(name).get_shape())
+                    if shape != tuple(expected[name]):
+                        misshaped.append(f"{name} has shape {shape}, expected {tuple(expected[name])}")
+                        continue
+                    state[name] = f.get_tensor(name).to(dt)
+        except OrthrusError:
+            raise
+        except Exception as e:  # truncated or corrupt file
+            raise OrthrusError(f"{file}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+    missing = sorted(set(expected) - set(state) - {n.split(" ")[0] for n in misshaped})
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(sorted(unexpected)[:8])}{' …' if len(unexpected) > 8 else ''}")
+    if misshaped:
+        problems.append("wrong shapes: " + "; ".join(misshaped[:8]))
+    if problems:
+        raise OrthrusError(f"{folder}: checkpoint does not match config.json — " + " | ".join(problems))
+    model.load_state_dict(state, strict=False, assign=True)  # names were checked above
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight  # re-tie: assign=True replaced the embedding
+    model.model.rotary_emb.build(dev)
+    model.eval().requires_grad_(False)
+    if attn is None:
+        attn = "triton" if dev.type == "cuda" and _triton_available() else "torch"
+    model.set_attn_backend(attn)
+    return model
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save_model(model: Qwen3ForCausalLM, folder: str | os.PathLike) -> None:
+    """Writes `config.json` and `model.safetensors` in the Hugging Face / Orthrus layout."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["Qwen3Config", "Qwen3ForCausalLM", "load_model", "save_model", "attention", "apply_rope", "RMSNorm",
+           "RotaryEmbedding", "resolve_device", "resolve_dtype", "resolve_checkpoint", "DTYPES", "num_parameters"]

@@ -19,9 +19,10 @@ heads, D head_dim, L tokens already in the cache, C hidden size, V vocabulary.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -158,10 +159,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if x.dtype == torch.float32:
+            return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)  # one fused op on the hot path
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -208,7 +208,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, b
     the block the mask is causal (AR view) or absent (diffusion view: bidirectional).
     Returns (B, H, T, D).
     """
-    if backend == "triton":
+    if backend == "triton" and q.shape[2] <= 64:  # the kernel takes blocks of <= 64 queries; a long prefill uses SDPA below
         from .triton_attn import block_attention
 
         return block_attention(q, k, v, causal=causal)
@@ -244,6 +244,11 @@ class Qwen3Attention(nn.Module):
             self.q_norm_diff = RMSNorm(D, config.rms_norm_eps)
             self.k_norm_diff = RMSNorm(D, config.rms_norm_eps)
         self.attn_backend = "torch"
+
+    def add_diffusion_view_from_ar(self) -> None:
+        """Creates the `*_diff` projections and norms as copies of their AR twins (the paper's initialisation)."""
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
+            setattr(self, f"{name}_diff", copy.deepcopy(getattr(self, name)))  # same weights, dtype and device
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str) -> torch.Tensor:
         """x (B, T, C) at positions L … L+T-1 -> (B, T, C); writes the block's K/V into cache slots L … L+T-1."""
@@ -349,7 +354,7 @@ class Qwen3ForCausalLM(nn.Module):
         if view not in VIEWS:
             raise OrthrusError(f"view {view!r} is unknown; choose one of {VIEWS}")
         if view == "diffusion" and not self.config.has_diffusion_view:
-            raise OrthrusError("this checkpoint has no diffusion view (model_type 'qwen3'); use AR mode or add one with init_diffusion_view()")
+            raise OrthrusError(NO_DIFFUSION_VIEW)
         B, T = input_ids.shape
         L = cache.length if cache is not None else 0
         if L + T > self.config.max_position_embeddings:
@@ -367,6 +372,45 @@ class Qwen3ForCausalLM(nn.Module):
         if cache is not None and view == "ar":
             cache.advance(T)
         return logits
+
+
+# --------------------------------------------------------------------------- the diffusion view: checking for one, adding one
+
+NO_DIFFUSION_VIEW = ("this checkpoint has no diffusion view (model_type 'qwen3', an AR-only Qwen3): decode it with --mode ar "
+                     "(generate_ar), or add one with orthrus_min.model.init_diffusion_view(model, block_size, mask_token_id) and train it")
+
+
+def require_diffusion_view(config: Qwen3Config) -> None:
+    """Raises a one-line `OrthrusError` unless the config can draft: a diffusion view and a valid `mask_token_id`."""
+    if not config.has_diffusion_view:
+        raise OrthrusError(NO_DIFFUSION_VIEW)
+    if config.mask_token_id is None:
+        raise OrthrusError("config.json has model_type 'orthrus' but no mask_token_id: the diffusion view fills its draft "
+                           "block with that token; add the id it was trained with to config.json")
+    if not 0 <= config.mask_token_id < config.vocab_size:
+        raise OrthrusError(f"config.json: mask_token_id={config.mask_token_id} is outside the vocabulary (0 … {config.vocab_size - 1})")
+
+
+@torch.no_grad()
+def init_diffusion_view(model: Qwen3ForCausalLM, block_size: int = 32, *, mask_token_id: int) -> Qwen3ForCausalLM:
+    """Turns an AR-only Qwen3 into an Orthrus model, in place, and returns it.
+
+    Every layer gets `{q,k,v,o}_proj_diff` and `{q,k}_norm_diff`, initialised as copies of the
+    AR weights (the paper's starting point for training, §3); the config becomes
+    `model_type: orthrus` with `block_size` (K) and `mask_token_id`. Untrained, the view
+    drafts poorly but decoding stays exact: the AR view verifies every token.
+    """
+    config = model.config
+    if config.has_diffusion_view:
+        raise OrthrusError("this model already has a diffusion view (model_type 'orthrus')")
+    if block_size < 1:
+        raise OrthrusError(f"block_size must be >= 1, got {block_size}")
+    if not 0 <= mask_token_id < config.vocab_size:
+        raise OrthrusError(f"mask_token_id={mask_token_id} is outside the vocabulary (0 … {config.vocab_size - 1})")
+    for layer in model.model.layers:
+        layer.self_attn.add_diffusion_view_from_ar()
+    model.config = replace(config, model_type="orthrus", block_size=block_size, mask_token_id=mask_token_id)
+    return model
 
 
 # --------------------------------------------------------------------------- loading
@@ -528,5 +572,5 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Qwen3Config", "Qwen3ForCausalLM", "load_model", "save_model", "attention", "apply_rope", "RMSNorm",
+__all__ = ["Qwen3Config", "Qwen3ForCausalLM", "load_model", "save_model", "init_diffusion_view", "require_diffusion_view", "attention", "apply_rope", "RMSNorm",
            "RotaryEmbedding", "resolve_device", "resolve_dtype", "resolve_checkpoint", "DTYPES", "num_parameters"]

@@ -15,7 +15,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-CHAT_TEMPLATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3_chat_template.jinja"
+CHAT_TEMPLATE = Path(__file__).resolve().parent / "data" / "qwen3_chat_template.jinja"  # the real Qwen3 template
 TEXT = """def fibonacci(n):
     a, b = 0, 1
     for _ in range(n):

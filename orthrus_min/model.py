@@ -250,25 +250,35 @@ class Qwen3Attention(nn.Module):
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
             setattr(self, f"{name}_diff", copy.deepcopy(getattr(self, name)))  # same weights, dtype and device
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str) -> torch.Tensor:
-        """x (B, T, C) at positions L … L+T-1 -> (B, T, C); writes the block's K/V into cache slots L … L+T-1."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: str):
+        """q (B, H, T, D), k and v (B, Hkv, T, D) of x (B, T, C) with the chosen view's projections, RoPE applied."""
         if view == "ar":
-            q_proj, k_proj, v_proj, o_proj, q_norm, k_norm = self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.q_norm, self.k_norm
+            q_proj, k_proj, v_proj, q_norm, k_norm = self.q_proj, self.k_proj, self.v_proj, self.q_norm, self.k_norm
         else:
-            q_proj, k_proj, v_proj, o_proj = self.q_proj_diff, self.k_proj_diff, self.v_proj_diff, self.o_proj_diff
+            q_proj, k_proj, v_proj = self.q_proj_diff, self.k_proj_diff, self.v_proj_diff
             q_norm, k_norm = self.q_norm_diff, self.k_norm_diff
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         q = q_norm(q_proj(x).view(B, T, H, D)).transpose(1, 2)  # (B, H, T, D)
         k = k_norm(k_proj(x).view(B, T, Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         v = v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, out: torch.Tensor, view: str) -> torch.Tensor:
+        """The chosen view's output projection of attention output (B, H, T, D) -> (B, T, C)."""
+        B, H, T, D = out.shape
+        o_proj = self.o_proj if view == "ar" else self.o_proj_diff
+        return o_proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str) -> torch.Tensor:
+        """x (B, T, C) at positions L … L+T-1 -> (B, T, C); writes the block's K/V into cache slots L … L+T-1."""
+        q, k, v = self.project(x, cos, sin, view)  # the view picks the weights ...
         if cache is not None:
             # Both views put the block right after the prefix; only the AR view's stay (the model
             # advances the cache length after an AR forward), the diffusion view's are overwritten.
             k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, L+T, D)
-        out = attention(q, k, v, causal=(view == "ar"), backend=self.attn_backend)  # (B, H, T, D)
-        return o_proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
+        out = attention(q, k, v, causal=(view == "ar"), backend=self.attn_backend)  # ... and the mask; (B, H, T, D)
+        return self.output(out, view)  # (B, T, C)
 
 
 class Qwen3MLP(nn.Module):

@@ -1,0 +1,389 @@
+"""Block attention in Triton: K new queries over a KV cache, causal or bidirectional inside the block.
+
+This is the one attention that Orthrus (arXiv 2605.12825, §3) needs. Both views of the
+model run a block of T <= 64 new tokens at positions L … L+T-1 against the same cache:
+
+    keys 0 … L-1        the cached prefix, visible to every query of the block
+    keys L … L+T-1      the block's own keys, written into the cache right after the prefix;
+                        causal inside the block for the AR view (verify: query i sees block
+                        keys <= i), all visible for the diffusion view (draft: bidirectional)
+
+so one kernel reads one contiguous key range and applies that in-block rule.
+
+The kernel is flash attention (Dao et al., 2022, "FlashAttention"; Triton's fused-attention
+tutorial) specialised for decoding:
+  * online softmax in fp32: running max `m_i`, running sum `l_i`, unnormalised output `acc`,
+    with exp2 and the softmax scale folded together with 1/ln 2;
+  * grouped-query attention: the H/Hkv query heads that share a KV head are packed into the
+    rows of one tile (row r = g * T + i), so each K/V tile is read from memory once per KV head;
+  * flash-decoding (Dao et al., 2023, "Flash-Decoding for long-context inference"): when
+    B * Hkv programs cannot fill the GPU, the key range is split across programs, each writes
+    a partial output and its log-sum-exp, and a second small kernel combines them.
+
+Read in order: the PyTorch reference -> the kernels -> the launcher that checks its inputs ->
+`block_attention`, the public function (`model.attention(..., backend="triton")` calls it).
+
+On the CPU, Triton runs kernels only in its interpreter, and it decides when this module is
+imported: set the environment variable TRITON_INTERPRET=1 *before* `orthrus_min.triton_attn`
+is first imported (the tests do it at the top of their module). The interpreter is slow and
+computes `tl.dot` on bf16 inputs wrongly, so use it with fp32 tensors (teaching and tests).
+
+Shape vocabulary: B batch, H query heads, Hkv KV heads, G = H / Hkv, T queries in the block,
+L cached prefix length, S = keys in the K/V views (L + T, or more with per-row `lengths`), D head_dim.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .errors import OrthrusError
+
+MAX_BLOCK = 64  # the most queries (T) per call; a longer prefill goes through PyTorch (see model.attention)
+MIN_KEYS_PER_SPLIT = 512  # flash-decoding: never split the keys into pieces shorter than this
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                              lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The same function as `block_attention`, in plain PyTorch (fp32 math); the tests' yardstick.
+
+    q (B, H, T, D); k, v (B, Hkv, S, D); lengths (B,) prefix length per row, or None for L = S - T.
+    Returns (B, H, T, D) in q's dtype.
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if lengths is None:
+        prefix = torch.full((B,), S - T, device=q.device)  # (B,)
+    else:
+        prefix = lengths.to(device=q.device, dtype=torch.long)  # (B,)
+    key = torch.arange(S, device=q.device)  # (S,)
+    query_pos = prefix[:, None] + torch.arange(T, device=q.device)  # (B, T): absolute position of each query
+    visible = (key < (prefix + T)[:, None])[:, None, :].expand(B, T, S)  # (B, T, S): keys that exist for this row
+    if causal:
+        visible = visible & (key <= query_pos[:, :, None])  # (B, T, S): ... and are not in the future
+    k = k.float().repeat_interleave(H // Hkv, dim=1)  # (B, H, S, D): query head h uses KV head h // G
+    v = v.float().repeat_interleave(H // Hkv, dim=1)  # (B, H, S, D)
+    scores = q.float() @ k.transpose(-1, -2) * D**-0.5  # (B, H, T, S)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))  # (B, H, T, S)
+    return (scores.softmax(dim=-1) @ v).to(q.dtype)  # (B, H, T, D)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _attend_to_tile(
+    acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos, stride_ks, stride_vs, qk_scale,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step: folds keys start_n … start_n+BLOCK_N-1 into (acc, l_i, m_i).
+
+    MASKED=False is for tiles that lie wholly in the cached prefix: every key exists and every
+    query sees it, so no mask is built. MASKED=True handles the last tiles: keys at or past
+    `end` do not exist, and with CAUSAL a query at position q_pos sees keys <= q_pos only.
+    """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]  # the last dim has stride 1 (checked by the launcher)
+    v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+    if MASKED:
+        in_range = offs_n < end
+        # [BLOCK_N, BLOCK_D]
+        k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
+    else:
+        # [BLOCK_N, BLOCK_D]
+        k = tl.load(k_ptrs)
+
+    # [BLOCK_M, BLOCK_N]: scores in log2 units (qk_scale = D**-0.5 / ln 2, so exp2 gives exp)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        if CAUSAL:
+            visible = in_range[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        else:
+            visible = in_range[None, :]
+        s = tl.where(visible, s, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row may see no key at all in this tile and before it (causal, inside one split):
+    # subtract 0 instead of -inf then, so exp2 gives 0 rather than NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)  # rescales what was summed under the old max
+    p = tl.math.exp2(s - m_safe[:, None])  # [BLOCK_M, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(p, 1)
+
+    if MASKED:
+        # [BLOCK_N, BLOCK_D]
+        v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
+    else:
+        # [BLOCK_N, BLOCK_D]
+        v = tl.load(v_ptrs)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _block_attention_kernel(
+    Q, K, V, Out, OPart, LsePart, Lengths,
+    stride_qb, stride_qh, stride_qt,  # strides of the first three dims; every last dim has stride 1
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_ot,
+    stride_pb, stride_ph, stride_pt, stride_ps,
+    stride_lb, stride_lh, stride_lt, stride_ls,
+    num_kv_heads, T, S, keys_per_split, qk_scale,
+    GROUP: tl.constexpr, HAS_LENGTHS: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: (batch row b, KV head, tile of packed query rows, split of the key range)."""
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    # int64: b * stride_kb can pass 2**31 elements on a large cache
+    b = (pid_bh // num_kv_heads).to(tl.int64)
+    kv_head = (pid_bh % num_kv_heads).to(tl.int64)
+
+    # The GROUP query heads that share this KV head, packed as rows r = g * T + i.
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    g = rows // T  # which head of the group
+    i = rows % T  # which query of the block
+    row_ok = rows < GROUP * T  # the tile is padded to a power of two
+    h = kv_head * GROUP + g
+    offs_d = tl.arange(0, BLOCK_D)
+
+    # This row's prefix length L: its keys are 0 … L+T-1, its block queries sit at L … L+T-1.
+    if HAS_LENGTHS:
+        L = tl.load(Lengths + b).to(tl.int32)
+    else:
+        L = S - T
+    L = tl.minimum(tl.maximum(L, 0), S - T)  # a bad length can never read outside k, v
+    q_pos = L + i
+
+    q_ptrs = Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qt + offs_d[None, :]
+    # [BLOCK_M, BLOCK_D]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # This program's keys: [start, end). Tiles before prefix_end are prefix-only: no mask needed.
+    start = pid_s * keys_per_split
+    end = tl.minimum(start + keys_per_split, L + T)
+    prefix_end = start + tl.maximum(tl.minimum(end, L) - start, 0) // BLOCK_N * BLOCK_N
+    k_base = K + b * stride_kb + kv_head * stride_kh
+    v_base = V + b * stride_vb + kv_head * stride_vh
+    for start_n in range(start, prefix_end, BLOCK_N):
+        acc, l_i, m_i = _attend_to_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
+            stride_ks, stride_vs, qk_scale,
+            CAUSAL, False, BLOCK_N, BLOCK_D, DOT_PRECISION,
+        )
+    for start_n in range(prefix_end, end, BLOCK_N):
+        acc, l_i, m_i = _attend_to_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
+            stride_ks, stride_vs, qk_scale,
+            CAUSAL, True, BLOCK_N, BLOCK_D, DOT_PRECISION,
+        )
+
+    if SPLIT:
+        # Partial result of this split: normalised output and log-sum-exp (log2 units). A split
+        # in which a row saw no key (l_i == 0) writes lse = -inf: weight 0 in the combine.
+        seen = l_i > 0
+        l_safe = tl.where(seen, l_i, 1.0)
+        lse = tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf"))
+        part = b * stride_pb + h * stride_ph + i * stride_pt + pid_s * stride_ps
+        tl.store(OPart + part[:, None] + offs_d[None, :], acc / l_safe[:, None], mask=row_ok[:, None])
+        lse_ptrs = LsePart + b * stride_lb + h * stride_lh + i * stride_lt + pid_s * stride_ls
+        tl.store(lse_ptrs, lse, mask=row_ok)
+    else:
+        out = acc / l_i[:, None]  # every row saw at least its own key, so l_i > 0
+        out_ptrs = Out + b * stride_ob + h[:, None] * stride_oh + i[:, None] * stride_ot + offs_d[None, :]
+        tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _combine_splits_kernel(
+    OPart, LsePart, Out,
+    stride_pb, stride_ph, stride_pt, stride_ps,  # every last dim has stride 1
+    stride_lb, stride_lh, stride_lt, stride_ls,
+    stride_ob, stride_oh, stride_ot,
+    H, T, num_splits,
+    SPLITS_POW2: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program per query row (b, h, i): out = sum_s w_s * o_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
+    row = tl.program_id(0).to(tl.int64)
+    b = row // (H * T)
+    h = (row // T) % H
+    i = row % T
+    offs_s = tl.arange(0, SPLITS_POW2)
+    offs_d = tl.arange(0, BLOCK_D)
+    split_ok = offs_s < num_splits
+
+    # [SPLITS_POW2]
+    lse = tl.load(LsePart + b * stride_lb + h * stride_lh + i * stride_lt + offs_s * stride_ls,
+                  mask=split_ok, other=float("-inf"))
+    w = tl.math.exp2(lse - tl.max(lse, 0))  # every row saw a key in some split, so the max is finite
+    part_ptrs = OPart + b * stride_pb + h * stride_ph + i * stride_pt + offs_s[:, None] * stride_ps + offs_d[None, :]
+    # [SPLITS_POW2, BLOCK_D]
+    o = tl.load(part_ptrs, mask=split_ok[:, None], other=0.0)
+    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)  # [BLOCK_D]
+    tl.store(Out + b * stride_ob + h * stride_oh + i * stride_ot + offs_d, out.to(Out.dtype.element_ty))
+
+
+def _kernel_is_interpreted() -> bool:
+    """True when this module was imported with TRITON_INTERPRET=1 (kernels then run on the CPU, in numpy)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_block_attention_kernel, InterpretedFunction)
+
+
+# --------------------------------------------------------------------------- launcher
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None,
+                  num_splits: int | None) -> None:
+    """Raises OrthrusError, naming the tensor, for anything the kernel cannot take."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            layout = "(B, H, T, D)" if name == "q" else "(B, Hkv, S, D)"
+            raise OrthrusError(f"block_attention: {name} must be 4-D {layout}, got shape {tuple(x.shape)}")
+    if k.shape != v.shape:
+        raise OrthrusError(f"block_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, H, T, D = q.shape
+    Bk, Hkv, S, Dk = k.shape
+    if Bk != B or Dk != D:
+        raise OrthrusError(f"block_attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if Hkv == 0 or H % Hkv:
+        raise OrthrusError(f"block_attention: {H} query heads is not a multiple of {Hkv} KV heads")
+    if not 1 <= T <= MAX_BLOCK:
+        raise OrthrusError(f"block_attention: T={T} queries, but the kernel takes blocks of 1 to {MAX_BLOCK}; "
+                           "use the PyTorch path (attention(..., backend='torch')) for a long prefill")
+    if S < T:
+        raise OrthrusError(f"block_attention: k, v hold {S} keys, fewer than the block's own T={T}")
+    if D < 16 or D > 256 or D & (D - 1):
+        raise OrthrusError(f"block_attention: head_dim D={D} is not supported (a power of two from 16 to 256)")
+    if q.dtype not in DTYPES:
+        raise OrthrusError(f"block_attention: dtype {q.dtype} is not supported (float32, bfloat16 or float16)")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise OrthrusError(f"block_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise OrthrusError(f"block_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.stride(-1) != 1:
+            raise OrthrusError(f"block_attention: {name} must be contiguous in its last dim (stride 1), "
+                               f"got strides {tuple(x.stride())}; pass {name}.contiguous()")
+    if lengths is not None:
+        if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
+            raise OrthrusError(f"block_attention: lengths must be an int32/int64 tensor of shape ({B},), "
+                               f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+        if lengths.device != q.device:
+            raise OrthrusError(f"block_attention: lengths is on {lengths.device}, q on {q.device}")
+        # Checking values on a GPU would stall it for a sync on every call; there the kernel
+        # clamps them into 0 … S-T instead (wrong lengths give wrong rows, never a bad read).
+        if lengths.device.type == "cpu" and B and (lengths.min() < 0 or lengths.max() + T > S):
+            raise OrthrusError(f"block_attention: lengths {lengths.tolist()} out of range: each must be in 0 … S-T = {S - T}")
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise OrthrusError(f"block_attention: num_splits must be a positive int or None, got {num_splits!r}")
+    if q.device.type == "cpu" and not _kernel_is_interpreted():
+        raise OrthrusError("block_attention: the tensors are on the CPU, where Triton runs only in its interpreter; "
+                           "set TRITON_INTERPRET=1 before orthrus_min.triton_attn is imported, or use attn='torch'")
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _choose_num_splits(num_programs: int, S: int, device: torch.device) -> int:
+    """Flash-decoding: split the keys when B * Hkv * row-tiles programs leave streaming multiprocessors idle."""
+    if device.type != "cuda":
+        return 1  # the interpreter runs programs one after another: splitting only adds work
+    num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    # At most one wave of programs, and no split shorter than MIN_KEYS_PER_SPLIT keys (each split
+    # costs a partial output written and read again, which must stay small next to its K/V).
+    return max(1, min(num_sms // num_programs, S // MIN_KEYS_PER_SPLIT))
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, lengths: torch.Tensor | None,
+            num_splits: int | None) -> torch.Tensor:
+    """Picks tile sizes and the number of splits, allocates the output, runs the kernel(s)."""
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    # Tile sizes: the q tile plus num_stages K/V tiles must fit in shared memory (~160 KB, an A100's),
+    # so wide rows (fp32, or D = 256) get fewer rows and keys per tile.
+    row_bytes = D * q.element_size()  # one query or key row: 256 for bf16 with D = 128
+    BLOCK_M = max(16, min(128 if row_bytes <= 512 else 64, triton.next_power_of_2(G * T)))  # packed query rows
+    BLOCK_N = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16  # keys per tile
+    num_stages = 3 if row_bytes <= 256 else 2  # K/V tiles in flight (software pipelining on the GPU)
+    num_row_tiles = triton.cdiv(G * T, BLOCK_M)
+    if num_splits is None:
+        num_splits = _choose_num_splits(B * Hkv * num_row_tiles, S, q.device)
+    keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
+    # The output is laid out (B, T, H, D) in memory, so the model's out.transpose(1, 2).reshape(B, T, H*D) is free.
+    out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)  # (B, H, T, D)
+    if num_splits > 1:
+        o_part = torch.empty(B, H, T, num_splits, D, dtype=torch.float32, device=q.device)  # per-split outputs
+        lse_part = torch.empty(B, H, T, num_splits, dtype=torch.float32, device=q.device)  # per-split log2-sum-exp
+    else:
+        o_part = lse_part = out.new_empty(0, 0, 0, 0, 0)  # unused: the kernel writes `out` directly
+
+    grid = (B * Hkv, num_row_tiles, num_splits)
+    _block_attention_kernel[grid](
+        q, k, v, out, o_part, lse_part, lengths if lengths is not None else q,  # q: a placeholder, never read
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],  # last dims: stride 1
+        *(o_part.stride()[:4] if num_splits > 1 else (0,) * 4),
+        *(lse_part.stride() if num_splits > 1 else (0,) * 4),
+        Hkv, T, S, keys_per_split, D**-0.5 / math.log(2),
+        GROUP=G, HAS_LENGTHS=lengths is not None, CAUSAL=causal, SPLIT=num_splits > 1,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D,
+        DOT_PRECISION="ieee",  # fp32 inputs: exact fp32 products, not TF32 (ignored for bf16/fp16)
+        num_warps=8 if BLOCK_M >= 128 else 4, num_stages=num_stages,
+    )
+    if num_splits > 1:
+        _combine_splits_kernel[(B * H * T,)](
+            o_part, lse_part, out, *o_part.stride()[:4], *lse_part.stride(), *out.stride()[:3],
+            H, T, num_splits, SPLITS_POW2=triton.next_power_of_2(num_splits), BLOCK_D=D,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                    lengths: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Attention of a block of T new queries over a cached prefix followed by the block's own keys.
+
+    Args:
+        q: (B, H, T, D) queries of the block, 1 <= T <= 64; fp32, bf16 or fp16.
+        k, v: (B, Hkv, S, D) keys and values, H a multiple of Hkv, D a power of two in 16 … 256;
+            may be strided views of a larger cache (only the last dim must have stride 1).
+            Row b holds its prefix in slots 0 … L_b-1 and the block's own keys in L_b … L_b+T-1;
+            slots past L_b+T-1 are ignored.
+        causal: True for the AR view (query i sees block keys <= i), False for the diffusion
+            view (every query sees the whole block). The prefix is always fully visible.
+        lengths: (B,) int tensor of prefix lengths L_b, for a batch whose rows have cached
+            different amounts; None means L_b = S - T for every row.
+        num_splits: how many programs share one row's key range (flash-decoding); None picks it
+            from the GPU's SM count (1 on the CPU). Tests force it to exercise the combine.
+
+    Returns:
+        (B, H, T, D) in q's dtype, laid out (B, T, H, D) in memory.
+
+    On the CPU this runs only under TRITON_INTERPRET=1 (see the module docstring).
+    """
+    _check_inputs(q, k, v, lengths, num_splits)
+    return _launch(q, k, v, causal, lengths, num_splits)
+
+
+__all__ = ["block_attention", "reference_block_attention", "MAX_BLOCK"]

@@ -1,0 +1,262 @@
+"""The Triton block-attention kernel against its PyTorch reference, and inside the whole model.
+
+On a machine without CUDA the kernel runs in Triton's interpreter (fp32 only: the interpreter
+gets `tl.dot` on bf16 wrong); the cases below are a covering subset of the sweep — every prefix
+length, block size, GQA group, mask and head_dim appears, in a few combinations — because the
+interpreter is slow. On a GPU the same cases run compiled, plus bf16/fp16 ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must be set before orthrus_min.triton_attn is first imported
+pytest.importorskip("triton")
+
+from orthrus_min import triton_attn  # noqa: E402
+from orthrus_min.errors import OrthrusError  # noqa: E402
+from orthrus_min.kvcache import KVCache  # noqa: E402
+from orthrus_min.model import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from orthrus_min.triton_attn import block_attention, reference_block_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5  # max abs error, fp32
+
+
+def make_qkv(B: int, H: int, Hkv: int, T: int, S: int, D: int, dtype=torch.float32, seed: int = 0):
+    """q as the model makes it (a (B, T, H, D) tensor transposed) and k, v as strided views of a
+    larger (layers, B, Hkv, capacity, D) cache, as `KVCache.write` returns them."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=g).to(DEVICE, dtype).transpose(1, 2)  # (B, H, T, D)
+    cache = torch.randn(2, 3, B, Hkv, S + 7, D, generator=g).to(DEVICE, dtype)  # (k|v, layers, B, Hkv, capacity, D)
+    return q, cache[0, 1, :, :, :S], cache[1, 1, :, :, :S]  # (B, H, T, D), (B, Hkv, S, D) x2
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+# (L, T, G, causal, D, num_splits): every L in {0, 1, 7, 129, 1000}, T in {1, 2, 16, 32}, G in {1, 2, 4, 8},
+# both masks, D in {64, 128}, and the split-KV combine forced three times (once with splits that see no key).
+KERNEL_CASES = [
+    (0, 1, 1, True, 64, None),
+    (0, 16, 2, False, 128, None),
+    (1, 2, 4, True, 64, None),
+    (1, 32, 8, False, 64, None),  # 256 packed rows: two row tiles per KV head
+    (7, 16, 1, True, 128, None),
+    (7, 1, 8, False, 64, None),
+    (129, 32, 2, True, 64, None),
+    (129, 2, 1, False, 128, None),
+    (1000, 32, 4, True, 128, None),
+    (1000, 16, 8, False, 64, None),
+    (1000, 1, 2, False, 64, 3),
+    (129, 16, 4, True, 128, 3),
+    (0, 32, 1, True, 64, 3),  # 32 keys in tiles of 64: splits 1 and 2 are empty
+]
+
+
+def case_id(case) -> str:
+    L, T, G, causal, D, splits = case
+    return f"L{L}-K{T}-G{G}-{'causal' if causal else 'bidir'}-D{D}" + (f"-split{splits}" if splits else "")
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+def test_kernel_matches_reference(case):
+    L, T, G, causal, D, splits = case
+    B, Hkv = 2, 2
+    q, k, v = make_qkv(B, G * Hkv, Hkv, T, L + T, D, seed=L + T + G)
+    out = block_attention(q, k, v, causal, num_splits=splits)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert max_err(out, reference_block_attention(q, k, v, causal)) <= TOL
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("splits", [None, 3], ids=["one-split", "split3"])
+def test_ragged_batch(causal, splits):
+    """Rows with different prefix lengths; slots past a row's L+T hold NaN and must never be read."""
+    lengths = [1000, 7, 129, 0] if splits is None else [100, 0, 37]  # split3: row 0's last split has block keys only
+    T, G, Hkv, D = 16 if splits is None else 32, 2, 1, 64
+    B, S = len(lengths), max(lengths) + T
+    q, k, v = make_qkv(B, G * Hkv, Hkv, T, S, D, seed=B)
+    for b, Lb in enumerate(lengths):
+        k[b, :, Lb + T :] = float("nan")
+        v[b, :, Lb + T :] = float("nan")
+    lens = torch.tensor(lengths, device=DEVICE)
+    out = block_attention(q, k, v, causal, lengths=lens, num_splits=splits)
+    assert not out.isnan().any()
+    ref = reference_block_attention(q, k.nan_to_num(), v.nan_to_num(), causal, lengths=lens)
+    assert max_err(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=["int32", "int64"])
+def test_lengths_equal_to_default_give_the_same_result(dtype):
+    q, k, v = make_qkv(2, 4, 2, 5, 40, 64)
+    lens = torch.full((2,), 35, dtype=dtype, device=DEVICE)
+    assert torch.equal(block_attention(q, k, v, True, lengths=lens), block_attention(q, k, v, True))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("lengths", [None, [9, 0, 30]], ids=["same-L", "ragged"])
+def test_reference_matches_sdpa(causal, lengths):
+    """The reference against SDPA with an explicit boolean mask, one row at a time."""
+    T, H, Hkv, D = 6, 8, 2, 32
+    S = 30 + T
+    q, k, v = make_qkv(3, H, Hkv, T, S, D)
+    lens = torch.tensor(lengths, device=DEVICE) if lengths else None
+    ref = reference_block_attention(q, k, v, causal, lengths=lens)
+    for b in range(3):
+        Lb = lengths[b] if lengths else S - T
+        mask = torch.ones(T, Lb + T, dtype=torch.bool, device=DEVICE)  # (T, Lb+T)
+        if causal:
+            mask = mask.tril(Lb)  # query i sees keys <= Lb+i
+        kb, vb = k[b : b + 1, :, : Lb + T], v[b : b + 1, :, : Lb + T]
+        expected = F.scaled_dot_product_attention(q[b : b + 1], kb, vb, attn_mask=mask, enable_gqa=True)
+        assert max_err(ref[b : b + 1], expected) <= TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16/fp16 only on a GPU (the interpreter computes bf16 tl.dot wrongly)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", [(4096, 32, 2, True, 128, None), (4096, 32, 4, False, 128, None),
+                                  (63, 7, 8, True, 256, None), (1000, 16, 1, False, 16, 5)], ids=case_id)
+def test_kernel_half_precision_on_gpu(case, dtype):
+    L, T, G, causal, D, splits = case
+    q, k, v = make_qkv(1, G * 8, 8, T, L + T, D, dtype=dtype)
+    out = block_attention(q, k, v, causal, num_splits=splits)
+    ref = reference_block_attention(q.float(), k.float(), v.float(), causal)
+    assert out.dtype == dtype and max_err(out, ref) <= 2e-2
+
+
+# --------------------------------------------------------------------------- whole model
+
+
+def tiny_orthrus(seed: int = 0) -> Qwen3ForCausalLM:
+    """A tiny random Orthrus model (AR + diffusion view), fp32, built from our own config."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+                         model_type="orthrus", block_size=8, mask_token_id=96)
+    model = Qwen3ForCausalLM(config).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.1)  # sharper attention and logits than the default init
+    return model
+
+
+@torch.no_grad()
+def test_model_logits_triton_equal_torch():
+    """Prefill, an AR verify step, a diffusion draft, a long (T > 64, SDPA fallback) chunk, another AR step."""
+    model = tiny_orthrus()
+    steps = [("ar", 20), ("ar", 5), ("diffusion", 8), ("ar", 70), ("ar", 3)]
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randint(0, 97, (2, T), generator=g).to(DEVICE) for _, T in steps]
+    logits, caches = {}, {}
+    for backend in ("torch", "triton"):
+        model.set_attn_backend(backend)
+        cache = model.new_cache(128, batch_size=2)
+        logits[backend] = [model(ids, cache=cache, view=view) for (view, _), ids in zip(steps, inputs)]
+        caches[backend] = cache
+    for (view, T), a, b in zip(steps, logits["torch"], logits["triton"]):
+        assert max_err(a, b) <= TOL, f"{view} step of {T} tokens"
+    assert caches["triton"].length == caches["torch"].length == 20 + 5 + 70 + 3
+    assert max_err(caches["triton"].k, caches["torch"].k) <= TOL
+
+
+# --------------------------------------------------------------------------- wrapper errors
+
+
+def _bad_inputs(name: str):
+    q, k, v = make_qkv(2, 4, 2, 3, 10, 16)
+    lengths = None
+    if name == "q-not-4d":
+        q = q[0]
+    elif name == "kv-shapes-differ":
+        v = v[:, :, :9]
+    elif name == "heads-not-multiple":
+        q = torch.randn(2, 3, 3, 16, device=DEVICE)
+    elif name == "block-too-long":
+        q, k, v = make_qkv(1, 2, 2, 65, 70, 16)
+    elif name == "fewer-keys-than-block":
+        k, v = k[:, :, :2], v[:, :, :2]
+    elif name == "head-dim-48":
+        q, k, v = make_qkv(1, 2, 2, 3, 10, 48)
+    elif name == "dtype-float64":
+        q, k, v = q.double(), k.double(), v.double()
+    elif name == "dtypes-differ":
+        k = k.half()
+    elif name == "last-dim-strided":
+        q = torch.randn(2, 4, 16, 3, device=DEVICE).transpose(-1, -2)  # (B, H, T, D) with D stride 3
+    elif name == "lengths-shape":
+        lengths = torch.tensor([7], device=DEVICE)
+    elif name == "lengths-float":
+        lengths = torch.tensor([7.0, 7.0], device=DEVICE)
+    elif name == "lengths-out-of-range":
+        lengths = torch.tensor([7, 8], device="cpu")
+        q, k, v = q.cpu(), k.cpu(), v.cpu()
+    return q, k, v, lengths
+
+
+ERROR_CASES = {
+    "q-not-4d": r"q must be 4-D \(B, H, T, D\), got shape \(4, 3, 16\)",
+    "kv-shapes-differ": r"k and v must have the same shape",
+    "heads-not-multiple": r"3 query heads is not a multiple of 2 KV heads",
+    "block-too-long": r"T=65 queries, but the kernel takes blocks of 1 to 64",
+    "fewer-keys-than-block": r"k, v hold 2 keys, fewer than the block's own T=3",
+    "head-dim-48": r"head_dim D=48 is not supported \(a power of two from 16 to 256\)",
+    "dtype-float64": r"dtype torch.float64 is not supported",
+    "dtypes-differ": r"q, k, v must share one dtype",
+    "last-dim-strided": r"q must be contiguous in its last dim \(stride 1\)",
+    "lengths-shape": r"lengths must be an int32/int64 tensor of shape \(2,\)",
+    "lengths-float": r"lengths must be an int32/int64 tensor",
+    "lengths-out-of-range": r"lengths \[7, 8\] out of range: each must be in 0 … S-T = 7",
+}
+
+
+@pytest.mark.parametrize("name", list(ERROR_CASES))
+def test_wrapper_errors(name):
+    q, k, v, lengths = _bad_inputs(name)
+    with pytest.raises(OrthrusError, match=ERROR_CASES[name]):
+        block_attention(q, k, v, True, lengths=lengths)
+
+
+def test_num_splits_must_be_positive():
+    q, k, v = make_qkv(1, 2, 2, 3, 10, 16)
+    with pytest.raises(OrthrusError, match="num_splits must be a positive int or None, got 0"):
+        block_attention(q, k, v, True, num_splits=0)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the CPU-without-interpreter message")
+def test_cpu_without_interpreter_says_how_to_enable_it(monkeypatch):
+    monkeypatch.setattr(triton_attn, "_kernel_is_interpreted", lambda: False)
+    q, k, v = make_qkv(1, 2, 2, 3, 10, 16)
+    with pytest.raises(OrthrusError, match="set TRITON_INTERPRET=1 before orthrus_min.triton_attn is imported"):
+        block_attention(q, k, v, True)
+
+
+def test_kvcache_views_are_what_the_kernel_reads():
+    """The layout contract with kvcache.py: a layer's k, v as `KVCache.write` returns them go to the kernel as they are."""
+    cache = KVCache(2, 1, 2, 40, 16, device=DEVICE)  # (layers, B, Hkv, capacity, D)
+    _, k_prefix, v_prefix = make_qkv(1, 4, 2, 6, 6, 16, seed=1)
+    cache.write(1, k_prefix, v_prefix)
+    cache.advance(6)  # an AR forward kept 6 tokens
+    q, k_block, v_block = make_qkv(1, 4, 2, 4, 4, 16, seed=2)
+    k, v = cache.write(1, k_block, v_block)  # (1, 2, 10, 16) strided views of the cache
+    assert k.shape == (1, 2, 10, 16) and not k.is_contiguous()
+    for causal in (True, False):
+        assert max_err(block_attention(q, k, v, causal), reference_block_attention(q, k, v, causal)) <= TOL
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message for machines without a GPU")
+def test_bench_attn_without_gpu_exits_2(capsys):
+    from orthrus_min.bench_attn import main
+
+    assert main([]) == 2
+    assert "bench attn needs a CUDA GPU" in capsys.readouterr().err

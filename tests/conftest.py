@@ -13,6 +13,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+if not torch.cuda.is_available():
+    # Triton reads this once, at import: without a GPU its kernels run in the interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "data" / "qwen3_chat_template.jinja"  # the real Qwen3 template

@@ -33,6 +33,7 @@ from .errors import OrthrusError
 from .kvcache import KVCache
 
 VIEWS = ("ar", "diffusion")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "orthrus-stdlib-tiny"  # the small model shipped with the package
 ATTN_BACKENDS = ("torch", "triton")
 
 

@@ -483,6 +483,23 @@ def distill(args) -> None:
     print(f"saved Orthrus model to {out} (step {step})", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- held-out prompts
+
+
+def make_prompts(files: list[Path], count: int, num_lines: int = 12, seed: int = 0) -> list[dict]:
+    """`count` prompts of `num_lines` consecutive lines, cut at line starts inside held-out files (JSONL records)."""
+    rng = random.Random(seed)
+    prompts = []
+    candidates = [f for f in files if len(read_text(f).splitlines()) > 3 * num_lines]
+    for i in range(count):
+        f = candidates[i % len(candidates)]
+        lines = read_text(f).splitlines(keepends=True)
+        start = rng.randrange(num_lines, len(lines) - num_lines)
+        text = "".join(lines[start : start + num_lines])
+        prompts.append({"id": f"{f.parent.name}/{f.name}:{start + 1}", "prompt": text})
+    return prompts
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -516,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes (resume later)")
     pre.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     pre.add_argument("--seed", type=int, default=0)
+    pr = sub.add_parser("prompts", help="write held-out prompts (JSONL: {\"id\", \"prompt\"} per line) for evaluation and benchmarks")
+    data_args(pr)
+    pr.add_argument("--count", type=int, default=16)
+    pr.add_argument("--lines", type=int, default=12, help="lines of code per prompt")
+    pr.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
+
     dis = sub.add_parser("distill", help="stage 3: train the diffusion view (KL to the frozen AR view)")
     data_args(dis)
     dis.add_argument("--model", type=Path, required=True, help="base (Qwen3) or Orthrus checkpoint folder")
@@ -554,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "pretrain":
             args.out.mkdir(parents=True, exist_ok=True)
             pretrain(args)
+        elif args.command == "prompts":
+            _, heldout_files = split_files(corpus_files(args.data, args.pattern), args.heldout_percent)
+            records = make_prompts(heldout_files, args.count, args.lines)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+            print(f"wrote {len(records)} held-out prompts from {len(heldout_files)} files to {args.out}", file=sys.stderr)
         else:
             distill(args)
     except OrthrusError as e:

@@ -2,6 +2,7 @@
 
     python -m orthrus_min.generate --model Qwen/Qwen3-0.6B --prompt "def fib(n):" --max-new-tokens 64
     python -m orthrus_min.generate --model DIR --chat --prompt "Explain RoPE in one paragraph."
+    python -m orthrus_min.generate --model chiennv/Orthrus-Qwen3-1.7B --prompt "def fib(n):" --stats --compare
 
 The continuation streams to stdout; timing goes to stderr. Bad input prints one
 line `error: …` and exits with status 2.
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from .errors import OrthrusError
 
-MODES = ("ar",)
+MODES = ("orthrus", "ar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto (bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--attn", default="auto", choices=("auto", "torch", "triton"),
                    help="attention backend: torch (SDPA) or triton (our kernel); auto = triton on CUDA when installed")
-    p.add_argument("--mode", default=None, choices=MODES, help="decoding mode: ar = one token per forward")
+    p.add_argument("--mode", default=None, choices=MODES,
+                   help="orthrus = draft a block with the diffusion view, verify with the AR view; ar = one token per forward "
+                        "(default: orthrus when the checkpoint has a diffusion view, else ar)")
+    p.add_argument("--block-size", type=int, default=None, help="orthrus: tokens per draft, 1 … the checkpoint's block_size (default: that)")
+    p.add_argument("--stats", action="store_true", help="print the acceptance-length histogram and tokens per forward to stderr")
+    p.add_argument("--compare", action="store_true", help="run AR and Orthrus on the same prompt; report whether the outputs are identical and the speedup")
+    p.add_argument("--check", action="store_true", help="orthrus: assert that every committed token is the AR view's choice in the same verify pass")
     return p
 
 
@@ -58,12 +66,66 @@ def read_prompt(args, tokenizer) -> list[int]:
     return tokenizer.encode(text)
 
 
+def choose_mode(args, config) -> str:
+    """The decoding mode, checked against the checkpoint's config before the (slow) weight load."""
+    from .consensus import resolve_block_size
+    from .model import require_diffusion_view
+
+    mode = args.mode or ("orthrus" if config.has_diffusion_view else "ar")
+    if mode == "orthrus" or args.compare:
+        require_diffusion_view(config)
+        resolve_block_size(config, args.block_size)
+    elif args.block_size is not None or args.check:
+        raise OrthrusError(f"{'--block-size' if args.block_size is not None else '--check'} applies to orthrus decoding; drop it or use --mode orthrus")
+    return mode
+
+
+def print_stats(mode: str, out) -> None:
+    """Acceptance-length histogram (tokens committed per iteration) and tokens per forward, to stderr."""
+    if out.accepted:
+        counts = Counter(out.accepted)
+        mean = sum(out.accepted) / len(out.accepted)
+        print(f"[{mode}] acceptance length (tokens per iteration): {len(out.accepted)} iterations, mean {mean:.2f}", file=sys.stderr)
+        for length in range(1, max(counts) + 1):
+            share = counts[length] / len(out.accepted)
+            print(f"  {length:3d} | {'#' * round(40 * share):<40} {counts[length]}", file=sys.stderr)
+    print(f"[{mode}] tokens per forward: {out.tokens_per_forward:.2f} ({len(out.tokens) - 1} tokens after the first, "
+          f"{out.num_forwards} forwards)", file=sys.stderr)
+
+
+def report(args, mode: str, decode, sampling, num_prompt: int) -> None:
+    """Generates in `mode` (streamed to stdout), then timing, --stats and --compare lines to stderr."""
+    if args.compare:  # a short warm-up of both, so neither timed run pays one-time costs
+        decode("ar", 2)
+        decode("orthrus", 2)
+    out = decode(mode, args.max_new_tokens, stream_out=True)
+    print(f"[{mode}] {len(out.tokens)} tokens in {out.prefill_s + out.decode_s:.2f} s: {out.tokens_per_second:.1f} tokens/s "
+          f"(prompt {num_prompt} tokens, time to first token {out.prefill_s * 1000:.0f} ms, stop: {out.finish_reason})",
+          file=sys.stderr)
+    if args.stats:
+        print_stats(mode, out)
+    if not args.compare:
+        return
+    other_mode = "ar" if mode == "orthrus" else "orthrus"
+    other = decode(other_mode, args.max_new_tokens)
+    ar, orthrus = (out, other) if mode == "ar" else (other, out)
+    seconds = {m: o.prefill_s + o.decode_s for m, o in (("ar", ar), ("orthrus", orthrus))}
+    same = "identical" if ar.tokens == orthrus.tokens else "DIFFERENT"
+    note = " (sampling: only the distributions are equal, not the tokens)" if not sampling.greedy else ""
+    print(f"[compare] outputs {same}{note}: ar {len(ar.tokens)} tokens in {seconds['ar']:.2f} s, orthrus "
+          f"{len(orthrus.tokens)} tokens in {seconds['orthrus']:.2f} s; speedup {seconds['ar'] / seconds['orthrus']:.2f}x",
+          file=sys.stderr)
+    if args.stats:
+        print_stats(other_mode, other)
+
+
 def run(args) -> int:
     """Loads the model, generates, streams text to stdout and a timing line to stderr."""
     import torch
 
     from .ar import generate_ar
-    from .model import load_model, resolve_checkpoint
+    from .consensus import ConsensusCheckError, generate_orthrus
+    from .model import Qwen3Config, load_model, resolve_checkpoint
     from .sampling import SamplingParams
     from .tokenizer import Tokenizer
 
@@ -71,6 +133,7 @@ def run(args) -> int:
     if args.max_new_tokens < 1:
         raise OrthrusError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     folder = resolve_checkpoint(args.model)
+    mode = choose_mode(args, Qwen3Config.from_json(folder / "config.json"))
     tokenizer = Tokenizer(folder)
     prompt_ids = read_prompt(args, tokenizer)
     model = load_model(folder, dtype=args.dtype, device=args.device, attn=None if args.attn == "auto" else args.attn)
@@ -79,16 +142,28 @@ def run(args) -> int:
 
     stream = tokenizer.stream_decoder()
 
-    def on_tokens(ids: list[int]) -> None:
+    def on_tokens_stdout(ids: list[int]) -> None:
         sys.stdout.write(stream.push(ids))
         sys.stdout.flush()
 
-    out = generate_ar(model, prompt_ids, args.max_new_tokens, sampling, on_tokens=on_tokens)
-    sys.stdout.write(stream.flush() + "\n")
-    sys.stdout.flush()
-    print(f"[ar] {len(out.tokens)} tokens in {out.prefill_s + out.decode_s:.2f} s: {out.tokens_per_second:.1f} tokens/s "
-          f"(prompt {len(prompt_ids)} tokens, time to first token {out.prefill_s * 1000:.0f} ms, stop: {out.finish_reason})",
-          file=sys.stderr)
+    def decode(mode: str, max_new_tokens: int, stream_out: bool = False):
+        """One generation in `mode`; with stream_out, its text streams to stdout."""
+        on_tokens = on_tokens_stdout if stream_out else None
+        if mode == "ar":
+            out = generate_ar(model, prompt_ids, max_new_tokens, sampling, on_tokens=on_tokens)
+        else:
+            out = generate_orthrus(model, prompt_ids, max_new_tokens, sampling, block_size=args.block_size,
+                                   on_tokens=on_tokens, check=args.check)
+        if stream_out:
+            sys.stdout.write(stream.flush() + "\n")
+            sys.stdout.flush()
+        return out
+
+    try:
+        report(args, mode, decode, sampling, len(prompt_ids))
+    except ConsensusCheckError as e:  # a decoder bug, not bad input
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

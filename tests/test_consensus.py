@@ -74,7 +74,7 @@ def test_copied_diffusion_weights_accept_several_tokens():
     prompt = list(range(40, 60))
     out = generate_orthrus(model, prompt, 64, block_size=8, ignore_eos=True)
     assert out.tokens == hf_greedy(hf, prompt, 64, None)
-    assert max(out.accepted) >= 2 and sum(out.accepted) / len(out.accepted) > 1.5  # measured: 1.97
+    assert max(out.accepted) >= 2 and sum(out.accepted) / len(out.accepted) > 1.5  # measured: 1.85 (untrained: at most 2)
     assert out.tokens_per_forward == (len(out.tokens) - 1) / (2 * len(out.accepted))
 
 

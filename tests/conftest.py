@@ -84,6 +84,16 @@ def save_checkpoint(folder: Path, seed: int = 0, tokenizer: bool = True, **overr
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run fastest on one CPU thread, and never stall in thread barriers when other
+    processes share the cores (two threads on a busy 2-core machine made some tests 20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """(folder, Transformers model) of a tiny random Qwen3 with a tokenizer and the Qwen3 chat template."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
 from conftest import make_hf_model
@@ -81,14 +80,3 @@ def capture_caches(model: Qwen3ForCausalLM) -> list:
 
     model.new_cache = recording_new_cache
     return caches
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one CPU thread, and do not stall in thread barriers when other
-    processes share the cores (2 threads on a busy 2-core machine made these tests 20x slower).
-    Test modules use it by importing it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -22,7 +22,6 @@ from orthrus_min.generate import main
 from orthrus_min.model import load_model, save_model
 from orthrus_min.sampling import SamplingParams
 from orthrus_helpers import capture_caches, make_orthrus, ours_from_hf
-from orthrus_helpers import one_thread  # noqa: F401 (an autouse fixture: tiny models on one CPU thread)
 
 CONFIGS = {
     "gqa2": dict(),

@@ -17,7 +17,6 @@ from orthrus_min.consensus import generate_orthrus
 from orthrus_min.model import init_diffusion_view, load_model, require_diffusion_view, save_model
 from orthrus_min.sampling import SamplingParams
 from orthrus_helpers import DIFF_NAMES, hf_diffusion_twin, hf_draft_logits, make_orthrus, ours_from_hf
-from orthrus_helpers import one_thread  # noqa: F401 (an autouse fixture: tiny models on one CPU thread)
 
 CONFIGS = {
     "gqa2": dict(),

@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from conftest import save_checkpoint
 from orthrus_min.ar import generate_ar
 from orthrus_min.errors import OrthrusError
 from orthrus_min.generate import main

@@ -21,7 +21,6 @@ import orthrus_min.consensus as consensus
 from orthrus_min.consensus import generate_orthrus, speculative_accept
 from orthrus_min.sampling import SamplingParams, sample_from, warp_probs
 from orthrus_helpers import make_orthrus
-from orthrus_helpers import one_thread  # noqa: F401 (an autouse fixture: tiny models on one CPU thread)
 
 V, MASK = 16, 15
 CONTEXT = [3, 9, 4, 1, 12, 7]  # the prompt; for the rule tests its last token is x_p

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import TEXT, save_checkpoint
 from orthrus_min.bench import main
@@ -20,15 +19,6 @@ MASK_ID = 3  # "<|mask|>" in conftest's tokenizer
 METRICS = {"new_tokens", "seconds", "tokens_per_s", "ttft_s", "decode_tokens_per_s", "num_forwards", "tokens_per_forward",
            "peak_memory_mb"}
 ACCEPTANCE = {"acceptance_mean", "acceptance_histogram", "iterations"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -276,13 +276,10 @@ def ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_common(sp: argparse.ArgumentParser, model_default: bool = True) -> None:
+def add_common(sp: argparse.ArgumentParser) -> None:
     from .model import DEFAULT_MODEL
 
-    if model_default:
-        sp.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub id (default: the shipped model)")
-    else:
-        sp.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    sp.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub id (default: the shipped model)")
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto")
     sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto (bfloat16 on CUDA, float32 on CPU)")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model forward (ours and Transformers'; compile time "
@@ -332,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orthrus_min.bench", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
     ar = sub.add_parser("ar", help="our AR decode vs Transformers generate on a random prompt: tokens/s and ratio")
-    add_common(ar, model_default=False)
+    add_common(ar)
     ar.add_argument("--prompt-len", type=int, default=32, help="prompt length in tokens (random ids)")
     ar.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run (EOS ignored)")
     prompt_help = __doc__[__doc__.index("Prompt files"):__doc__.index("Peak memory")]

@@ -1,5 +1,6 @@
 """Command line: generate text with a Qwen3 / Orthrus checkpoint.
 
+    python -m orthrus_min.generate --prompt "def fib(n):" --stats                # the shipped model, offline
     python -m orthrus_min.generate --model Qwen/Qwen3-0.6B --prompt "def fib(n):" --max-new-tokens 64
     python -m orthrus_min.generate --model DIR --chat --prompt "Explain RoPE in one paragraph."
     python -m orthrus_min.generate --model chiennv/Orthrus-Qwen3-1.7B --prompt "def fib(n):" --stats --compare
@@ -23,7 +24,9 @@ MODES = ("orthrus", "ar")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orthrus_min.generate", description="Generate text with a Qwen3 / Orthrus checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint folder, or a Hugging Face Hub id such as chiennv/Orthrus-Qwen3-1.7B")
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder, or a Hugging Face Hub id such as chiennv/Orthrus-Qwen3-1.7B "
+                        "(default: the small Orthrus model shipped in orthrus_min/assets, trained on Python's standard library)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from this UTF-8 file")
@@ -47,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="run AR and Orthrus on the same prompt; report whether the outputs are identical and the speedup")
     p.add_argument("--check", action="store_true", help="orthrus: assert that every committed token is the AR view's choice in the same verify pass")
     return p
+
+
+def default_model():
+    """The shipped model's folder, or a clear error when this installation lacks it."""
+    from .model import DEFAULT_MODEL
+
+    if not (DEFAULT_MODEL / "model.safetensors").exists():
+        raise OrthrusError(f"the shipped default model is missing ({DEFAULT_MODEL}); pass --model DIR or a Hub id")
+    return DEFAULT_MODEL
 
 
 def read_prompt(args, tokenizer) -> list[int]:
@@ -132,7 +144,7 @@ def run(args) -> int:
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)  # validates before the slow load
     if args.max_new_tokens < 1:
         raise OrthrusError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    folder = resolve_checkpoint(args.model)
+    folder = resolve_checkpoint(args.model if args.model is not None else default_model())
     mode = choose_mode(args, Qwen3Config.from_json(folder / "config.json"))
     tokenizer = Tokenizer(folder)
     prompt_ids = read_prompt(args, tokenizer)

@@ -26,6 +26,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0  # L: valid entries, the same for every sequence of the batch
+        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer views (B, Hkv, S, D), made once
 
     @property
     def capacity(self) -> int:
@@ -43,9 +44,10 @@ class KVCache:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stores k, v (B, Hkv, T, D) in slots L … L+T-1 of `layer`; returns that layer's keys and values for slots 0 … L+T-1."""
         end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, Hkv, L+T, D) views, no copy
+        k_all, v_all = self.k_layers[layer], self.v_layers[layer]  # (B, Hkv, S, D)
+        k_all[:, :, self.length : end] = k
+        v_all[:, :, self.length : end] = v
+        return k_all[:, :, :end], v_all[:, :, :end]  # (B, Hkv, L+T, D) views, no copy
 
     def advance(self, num_new: int) -> None:
         """Commits the last `num_new` written tokens (called by the model after an AR forward)."""

@@ -161,7 +161,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
-            return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)  # one fused op on the hot path
+            return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.eps)  # one fused op on the hot path
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 

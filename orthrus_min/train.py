@@ -408,6 +408,9 @@ def distill(args) -> None:
             raise OrthrusError("the tokenizer has no <|mask|> token; pass --mask-token-id")
         init_diffusion_view(model, args.block_size, mask_token_id=mask_id)
     K = model.config.block_size
+    train_sizes = sorted(set(args.train_block_sizes or [K]))
+    if not all(1 <= k <= K for k in train_sizes):
+        raise OrthrusError(f"--train-block-sizes {train_sizes} must lie in 1 … the block size {K}")
     params, trainable, total = freeze_base(model)
     print(f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%, the diffusion view)", file=sys.stderr)
 
@@ -450,10 +453,11 @@ def distill(args) -> None:
         if n_self:
             parts.append(self_data[torch.from_numpy(rng.integers(0, len(self_data), n_self))])
         ids = torch.cat(parts).to(device)  # (B, N)
-        offset = int(rng.integers(0, K))  # random block offsets: every position gets trained
+        k = int(rng.choice(train_sizes))  # one block size per step (several: the view drafts well at each)
+        offset = int(rng.integers(0, k))  # random block offsets: every position gets trained
         with autocast:
-            teacher, student, starts = dual_forward(model, ids, K, offset)
-            loss = distill_loss(teacher, student, ids, starts, K, args.loss)
+            teacher, student, starts = dual_forward(model, ids, k, offset)
+            loss = distill_loss(teacher, student, ids, starts, k, args.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, args.clip)
@@ -463,10 +467,13 @@ def distill(args) -> None:
         elapsed = time.perf_counter() - t_start
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-        record = {"step": step, "loss": round(loss.item(), 4), "lr": schedule(step - 1)}
+        record = {"step": step, "loss": round(loss.item(), 4), "lr": schedule(step - 1), "block_size": k}
         stop = args.minutes is not None and elapsed > args.minutes * 60
         if step % args.eval_every == 0 or step == args.steps or stop:
             model.eval()
+            if len(train_sizes) > 1:
+                record["heldout_acceptance_by_block_size"] = {
+                    str(b): round(acceptance_length(model, prompts, args.eval_new_tokens, b), 3) for b in train_sizes if b != K}
             record["heldout_acceptance"] = round(acceptance_length(model, prompts, args.eval_new_tokens, K), 3)
             bar.write(f"step {step}: loss {loss.item():.4f}, held-out acceptance length {record['heldout_acceptance']:.2f}")
         log.write(json.dumps(record) + "\n")
@@ -533,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes (resume later)")
     pre.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     pre.add_argument("--seed", type=int, default=0)
+    ex = sub.add_parser("export", help="write a trained checkpoint for shipping: weights in --dtype, config, tokenizer")
+    ex.add_argument("--model", type=Path, required=True)
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--dtype", default="bfloat16", help="storage dtype of the weights (bfloat16 halves the size)")
+
     pr = sub.add_parser("prompts", help="write held-out prompts (JSONL: {\"id\", \"prompt\"} per line) for evaluation and benchmarks")
     data_args(pr)
     pr.add_argument("--count", type=int, default=16)
@@ -543,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(dis)
     dis.add_argument("--model", type=Path, required=True, help="base (Qwen3) or Orthrus checkpoint folder")
     dis.add_argument("--out", type=Path, required=True)
-    dis.add_argument("--block-size", type=int, default=16, help="K, tokens per draft block")
+    dis.add_argument("--block-size", type=int, default=16, help="K, tokens per draft block (the checkpoint's block_size)")
+    dis.add_argument("--train-block-sizes", type=lambda t: [int(x) for x in t.split(",")], default=None, metavar="K1,K2,…",
+                     help="train each step with a block size drawn from these (each <= --block-size), so the view drafts "
+                          "well at every one of them; default: --block-size only")
     dis.add_argument("--mask-token-id", type=int, default=None, help="default: the tokenizer's <|mask|>")
     dis.add_argument("--loss", choices=("kl", "ce"), default="kl", help="KL to the AR view (paper) or cross-entropy to the data")
     dis.add_argument("--steps", type=int, default=1000)
@@ -577,6 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "pretrain":
             args.out.mkdir(parents=True, exist_ok=True)
             pretrain(args)
+        elif args.command == "export":
+            from .model import load_model
+
+            model = load_model(args.model, dtype=args.dtype, device="cpu")
+            save_model(model, args.out)
+            copy_tokenizer(args.model, args.out)
+            size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file()) / 2**20
+            print(f"exported {num_parameters(model):,} parameters ({args.dtype}) to {args.out}: {size:.1f} MiB", file=sys.stderr)
         elif args.command == "prompts":
             _, heldout_files = split_files(corpus_files(args.data, args.pattern), args.heldout_percent)
             records = make_prompts(heldout_files, args.count, args.lines)

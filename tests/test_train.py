@@ -113,3 +113,14 @@ def test_trainer_acceptance_equals_decoder(corpus):
     for prompt in heldout_prompts(heldout, 3, 12):
         accepted += generate_orthrus(model, prompt, 20, block_size=6, ignore_eos=True).accepted
     assert round(float(np.mean(accepted)), 3) == last["heldout_acceptance"]
+
+
+def test_several_training_block_sizes(corpus):
+    root, common = corpus
+    out = root / "multi_k"
+    assert main(distill_args(root, common, out, 10) + ["--train-block-sizes", "2,6"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][1:]
+    assert {r["block_size"] for r in log} == {2, 6}
+    assert set(log[-1]["heldout_acceptance_by_block_size"]) == {"2"}
+    assert 1 <= log[-1]["heldout_acceptance_by_block_size"]["2"] <= 2
+    assert main(distill_args(root, common, root / "bad_k", 2) + ["--train-block-sizes", "7"]) == 2

@@ -323,21 +323,26 @@ def dual_forward(model: Qwen3ForCausalLM, ids: torch.Tensor, block_size: int, of
 
 
 def distill_loss(teacher: torch.Tensor, student: torch.Tensor, ids: torch.Tensor, starts: torch.Tensor, block_size: int,
-                 kind: str = "kl") -> torch.Tensor:
+                 kind: str = "kl", position_decay: float = 1.0) -> torch.Tensor:
     """Mean over block indices 0 … K-2 of KL(teacher ‖ diffusion view), or of cross-entropy to the data tokens.
 
     The diffusion logit at block index i of the block starting at s drafts position s+1+i; its
     teacher is the AR logit at position s+i (which predicts the same position).
+    position_decay=g < 1 weights index i by g**i: a draft at index i counts only when every
+    earlier one is accepted, so near indices matter most for the acceptance length. 1 = the
+    paper's uniform mean.
     """
     K = block_size
     idx = (starts[:, None] + torch.arange(K - 1, device=starts.device)[None, :]).flatten()  # (nb*(K-1),) teacher positions
     keep = (torch.arange(student.shape[1], device=starts.device) % K) < K - 1  # (M,): drop each block's last index
     s = student[:, keep].float()  # (B, nb*(K-1), V)
     if kind == "ce":
-        return F.cross_entropy(s.flatten(0, 1), ids[:, idx + 1].flatten())
-    log_p = teacher[:, idx].float().log_softmax(-1)  # (B, nb*(K-1), V)
-    log_q = s.log_softmax(-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        per_token = F.cross_entropy(s.flatten(0, 1), ids[:, idx + 1].flatten(), reduction="none").view(s.shape[:2])
+    else:
+        log_p = teacher[:, idx].float().log_softmax(-1)  # (B, nb*(K-1), V)
+        per_token = (log_p.exp() * (log_p - s.log_softmax(-1))).sum(-1)  # (B, nb*(K-1))
+    weight = position_decay ** torch.arange(K - 1, device=s.device, dtype=s.dtype).repeat(len(starts))  # (nb*(K-1),)
+    return (per_token * weight).sum(-1).mean() / weight.sum()
 
 
 def freeze_base(model: Qwen3ForCausalLM) -> tuple[list[torch.nn.Parameter], int, int]:
@@ -457,7 +462,7 @@ def distill(args) -> None:
         offset = int(rng.integers(0, k))  # random block offsets: every position gets trained
         with autocast:
             teacher, student, starts = dual_forward(model, ids, k, offset)
-            loss = distill_loss(teacher, student, ids, starts, k, args.loss)
+            loss = distill_loss(teacher, student, ids, starts, k, args.loss, args.position_decay)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, args.clip)
@@ -561,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "well at every one of them; default: --block-size only")
     dis.add_argument("--mask-token-id", type=int, default=None, help="default: the tokenizer's <|mask|>")
     dis.add_argument("--loss", choices=("kl", "ce"), default="kl", help="KL to the AR view (paper) or cross-entropy to the data")
+    dis.add_argument("--position-decay", type=float, default=1.0,
+                     help="weight block index i of the loss by this**i (1 = uniform, the paper; < 1 favours the first drafts)")
     dis.add_argument("--steps", type=int, default=1000)
     dis.add_argument("--batch-size", type=int, default=16)
     dis.add_argument("--seq-len", type=int, default=256)

@@ -124,3 +124,27 @@ def test_several_training_block_sizes(corpus):
     assert set(log[-1]["heldout_acceptance_by_block_size"]) == {"2"}
     assert 1 <= log[-1]["heldout_acceptance_by_block_size"]["2"] <= 2
     assert main(distill_args(root, common, root / "bad_k", 2) + ["--train-block-sizes", "7"]) == 2
+
+
+def test_distill_loss_weights():
+    """Uniform (the paper's mean), cross-entropy to the data, and the position-decay weighting, against plain formulas."""
+    import torch.nn.functional as F
+
+    from orthrus_min.train import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    K, starts = 4, torch.tensor([1, 5])
+    teacher, student = torch.randn(2, 10, 7, generator=g), torch.randn(2, 8, 7, generator=g)
+    ids = torch.randint(0, 7, (2, 10), generator=g)
+    kl = torch.zeros(2, 2, K - 1)  # (B, block, index)
+    for j, s in enumerate(starts.tolist()):
+        for i in range(K - 1):
+            log_p, log_q = teacher[:, s + i].log_softmax(-1), student[:, j * K + i].log_softmax(-1)
+            kl[:, j, i] = (log_p.exp() * (log_p - log_q)).sum(-1)
+    assert torch.allclose(distill_loss(teacher, student, ids, starts, K), kl.mean())
+    w = 0.5 ** torch.arange(K - 1.0)
+    assert torch.allclose(distill_loss(teacher, student, ids, starts, K, position_decay=0.5), (kl * w).sum(-1).mean() / w.sum())
+    keep = [j * K + i for j in range(2) for i in range(K - 1)]
+    targets = ids[:, [s + i + 1 for s in starts.tolist() for i in range(K - 1)]]
+    ce = F.cross_entropy(student[:, keep].flatten(0, 1), targets.flatten())
+    assert torch.allclose(distill_loss(teacher, student, ids, starts, K, "ce"), ce)

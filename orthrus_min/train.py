@@ -153,6 +153,16 @@ class Schedule:
         return self.lr * (self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def end_step(args, out: Path, log, bar, model: Qwen3ForCausalLM, optimizer, step: int, record: dict, stop: bool, stage: str) -> None:
+    """Appends the step's record to log.jsonl; checkpoints every --save-every steps, at the last step and on a stop."""
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    if step % args.save_every == 0 or step == args.steps or stop:
+        save_training_state(out, model, optimizer, step, {"stage": stage})
+    if stop:
+        bar.write(f"time budget of {args.minutes} min reached at step {step}; continue with --resume")
+
+
 def save_training_state(out: Path, model: Qwen3ForCausalLM, optimizer, step: int, extra: dict) -> None:
     """Writes the model (HF layout) and the optimizer/step state, atomically enough for a stop at any time."""
     tmp = out / "checkpoint.tmp"
@@ -247,12 +257,8 @@ def pretrain(args) -> None:
             record["heldout_loss"] = round(heldout_loss(model, heldout_tokens, args.seq_len), 4)
             model.train()
             bar.write(f"step {step}: train loss {loss.item():.3f}, held-out loss {record['heldout_loss']:.3f}")
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        if step % args.save_every == 0 or step == args.steps or stop:
-            save_training_state(out, model, optimizer, step, {"stage": "pretrain"})
+        end_step(args, out, log, bar, model, optimizer, step, record, stop, "pretrain")
         if stop:
-            bar.write(f"time budget of {args.minutes} min reached at step {step}; continue with --resume")
             break
     bar.close()
     model.eval()
@@ -481,12 +487,8 @@ def distill(args) -> None:
                     str(b): round(acceptance_length(model, prompts, args.eval_new_tokens, b), 3) for b in train_sizes if b != K}
             record["heldout_acceptance"] = round(acceptance_length(model, prompts, args.eval_new_tokens, K), 3)
             bar.write(f"step {step}: loss {loss.item():.4f}, held-out acceptance length {record['heldout_acceptance']:.2f}")
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        if step % args.save_every == 0 or step == args.steps or stop:
-            save_training_state(out, model, optimizer, step, {"stage": "distill"})
+        end_step(args, out, log, bar, model, optimizer, step, record, stop, "distill")
         if stop:
-            bar.write(f"time budget of {args.minutes} min reached at step {step}; continue with --resume")
             break
     bar.close()
     model.eval().requires_grad_(False)

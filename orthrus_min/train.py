@@ -153,6 +153,14 @@ class Schedule:
         return self.lr * (self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def optimizer_step(optimizer, loss: torch.Tensor, params, clip: float) -> None:
+    """One update: gradients of `loss`, clipped to norm `clip`, applied by `optimizer`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+
+
 def end_step(args, out: Path, log, bar, model: Qwen3ForCausalLM, optimizer, step: int, record: dict, stop: bool, stage: str) -> None:
     """Appends the step's record to log.jsonl; checkpoints every --save-every steps, at the last step and on a stop."""
     log.write(json.dumps(record) + "\n")
@@ -241,10 +249,7 @@ def pretrain(args) -> None:
         x = random_windows(train_tokens, args.batch_size, args.seq_len + 1, rng)  # (B, T+1)
         logits = model(x[:, :-1])  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, model.parameters(), args.clip)
         step += 1
         tokens_seen += x.numel()
         elapsed = time.perf_counter() - t_start
@@ -469,10 +474,7 @@ def distill(args) -> None:
         with autocast:
             teacher, student, starts = dual_forward(model, ids, k, offset)
             loss = distill_loss(teacher, student, ids, starts, k, args.loss, args.position_decay)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
+        optimizer_step(optimizer, loss, params, args.clip)
         step += 1
         tokens_seen += ids.numel()
         elapsed = time.perf_counter() - t_start

@@ -80,8 +80,8 @@ def make_random_model(preset: str, out: Path, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- shared by every sub-command
 
 
-def transformers_reference(folder: Path, dtype: torch.dtype):
-    """Transformers' Qwen3ForCausalLM with the AR weights of a checkpoint (an Orthrus one too: *_diff tensors are skipped)."""
+def transformers_reference(folder: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    """Transformers' Qwen3ForCausalLM on `device` with the AR weights of a checkpoint (an Orthrus one too: *_diff tensors are skipped)."""
     from safetensors.torch import load_file
     from transformers import Qwen3Config as HFConfig
     from transformers import Qwen3ForCausalLM as HFModel
@@ -91,7 +91,8 @@ def transformers_reference(folder: Path, dtype: torch.dtype):
     cfg = Qwen3Config.from_json(folder / "config.json").to_dict()
     for key in ("model_type", "block_size", "mask_token_id"):
         cfg.pop(key, None)
-    model = HFModel(HFConfig(**cfg)).to(dtype).eval()
+    with torch.device(device):  # built where it runs: initialising a 1.7B model on the CPU takes minutes
+        model = HFModel(HFConfig(**cfg)).to(dtype).eval()
     state = {}
     for f in safetensors_files(folder):
         state.update({k: v for k, v in load_file(f).items() if "_diff" not in k})
@@ -228,7 +229,7 @@ def bench_ar(args) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_checkpoint(args.model)
     ours = load_model(folder, dtype=dtype, device=device, attn="torch")
-    ref = transformers_reference(folder, dtype).to(device)
+    ref = transformers_reference(folder, dtype, device)
     if args.compile:
         compile_forward(ours, args.compile_mode)
         compile_forward(ref, args.compile_mode)

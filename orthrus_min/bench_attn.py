@@ -22,7 +22,9 @@ K/V are strided views of a larger preallocated cache, as in the model. Needs a C
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="B: sequences per call (default 1)")
     p.add_argument("--layouts", default=",".join(LAYOUTS), help=f"head layouts, comma-separated, from {list(LAYOUTS)}")
     p.add_argument("--iters", type=int, default=50, help="timed calls per cell (after 10 warm-up calls)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the comparison, time 54 launch configurations of our kernel per cell and print "
+                        "the fastest next to the one `choose_config` picks (a tuning aid; minutes of compiling)")
     args = p.parse_args(argv)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.layouts = args.layouts.split(",")
@@ -54,7 +59,9 @@ class Timer:
     """Median µs per call on the current CUDA device, with the L2 cache flushed before each call.
 
     Without the flush a 1k-token K/V (4 MB) would be read from L2, not from memory, on the
-    second call, and every bandwidth figure would be flattered.
+    second call, and every bandwidth figure would be flattered. A GPU spin before each call
+    keeps the CPU ahead, so the figure is GPU time, not Python launch overhead (on a slow host
+    CPU, a 20 µs kernel timed without it read 100-200 µs).
     """
 
     def __init__(self, iters: int, warmup: int = 10):
@@ -62,12 +69,21 @@ class Timer:
         self.flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # larger than any L2
 
     def __call__(self, fn) -> float:
-        for _ in range(self.warmup):
+        # At least `warmup` calls and 0.1 s of them: an idle GPU (say, after a compile) runs at a low
+        # clock for a while, and a few µs-long calls would not bring it back up.
+        calls, t0 = 0, time.perf_counter()
+        while calls < self.warmup or time.perf_counter() - t0 < 0.1:
             fn()
+            calls += 1
+            if calls % 10 == 0:
+                torch.cuda.synchronize()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.iters)]
         for start, end in zip(starts, ends):
             self.flush.zero_()
+            # ~0.5 ms of GPU spin while the CPU queues the call: its Python launch overhead stays out
+            # of the measured GPU time (a µs-scale kernel would otherwise time the CPU).
+            torch.cuda._sleep(1_000_000)
             start.record()
             fn()
             end.record()
@@ -128,6 +144,46 @@ def allow_many_compiles() -> None:
             setattr(torch._dynamo.config, name, 256)
 
 
+# --------------------------------------------------------------------------- tuning aid
+
+
+def sweep(args: argparse.Namespace, timer: Timer) -> None:
+    """Times launch configurations of our kernel around `choose_config`'s pick and prints the fastest per cell."""
+    import triton
+
+    from .triton_attn import LaunchConfig, _launch, _num_sms, choose_config
+
+    num_sms = _num_sms(torch.cuda.current_device())
+    print("| model | L | mask | chosen config | chosen µs | fastest config | fastest µs |")
+    print("| --- | ---: | --- | --- | ---: | --- | ---: |")
+    for name in args.layouts:
+        H, Hkv = LAYOUTS[name]
+        for L in args.lengths:
+            q, k, v = make_inputs(args.batch, H, Hkv, L, args.block, L + args.block + 64)
+            for causal in (True, False):
+                chosen = choose_config(q, k)
+                programs = args.batch * Hkv * triton.cdiv(H // Hkv * args.block, chosen.block_m)
+                expected = _launch(q, k, v, causal, None, chosen).float()
+                timings = {}
+                for block_n, warps, stages, waves in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)):
+                    splits = max(1, min(waves * num_sms // programs, k.shape[2] // block_n))  # `waves` programs per SM
+                    config = LaunchConfig(chosen.block_m, block_n, warps, stages, splits)
+                    try:
+                        error = (_launch(q, k, v, causal, None, config).float() - expected).abs().max().item()
+                    except Exception as e:  # e.g. triton's OutOfResources: the tiles do not fit in shared memory
+                        print(f"skipped {config}: {type(e).__name__}", file=sys.stderr)
+                        continue
+                    if error > 2e-2:
+                        print(f"skipped {config}: max abs diff {error:.1e} from the chosen config", file=sys.stderr)
+                        continue
+                    timings[config] = timer(lambda: _launch(q, k, v, causal, None, config))
+                chosen_us = timer(lambda: _launch(q, k, v, causal, None, chosen))
+                fastest = min(timings, key=timings.get)
+                mask = "causal" if causal else "bidirectional"
+                print(f"| {name} | {L} | {mask} | {chosen} | {chosen_us:.1f} | {fastest} | {timings[fastest]:.1f} |", flush=True)
+            del q, k, v
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -158,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     B, K = args.batch, args.block
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"measured copy bandwidth: {copy_gbs:.0f} GB/s; bf16, head_dim {HEAD_DIM}, batch {B}, block K = {K}\n")
+    if args.sweep:
+        sweep(args, timer)
+        return 0
     print("| model | H / Hkv | L | mask | ours µs | SDPA µs | flex µs | ours vs faster | ours GB/s | % of copy | max abs diff vs SDPA |")
     print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     goal_speed, goal_bw = [], []

@@ -468,7 +468,7 @@ def bench_decode(args) -> dict:
                            f"{s['new_tokens']} new tokens and a block of {s['block_size']} (try a smaller --new-tokens)")
     selected = selected[: s["max_prompts"]] if s["max_prompts"] else selected
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
-    ref = transformers_reference(folder, dtype).to(device) if args.command == "all" else None
+    ref = transformers_reference(folder, dtype, device) if args.command == "all" else None
     if args.compile:
         compile_forward(model, args.compile_mode)
         if ref is not None:

@@ -190,7 +190,7 @@ def bench_forward(args) -> dict:
     dtype = resolve_dtype(args.dtype, device)
     folder = resolve_checkpoint(args.model)
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
-    ref = None if args.no_transformers else transformers_reference(folder, dtype).to(device)
+    ref = None if args.no_transformers else transformers_reference(folder, dtype, device)
     if args.compile:
         compile_forward(model, args.compile_mode)
         if ref is not None:

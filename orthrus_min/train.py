@@ -440,7 +440,8 @@ def distill(args) -> None:
             self_data = torch.load(path)
         else:
             model.eval()
-            self_data = self_distillation_data(model, train_tokens, args.self_distill, args.eval_prompt_len, args.seq_len, rng)
+            self_data = self_distillation_data(model, train_tokens, args.self_distill, args.eval_prompt_len, args.seq_len, rng,
+                                               args.self_distill_batch)
             torch.save(self_data, path)
 
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -581,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--self-distill", type=int, default=0, metavar="N",
                      help="also train on N sequences of the base model's own greedy continuations of corpus prompts")
     dis.add_argument("--self-distill-fraction", type=float, default=0.75, help="share of each batch from those sequences")
+    dis.add_argument("--self-distill-batch", type=int, default=64,
+                     help="sequences generated at once for --self-distill (larger is faster on a GPU)")
     dis.add_argument("--eval-every", type=int, default=100)
     dis.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts for the acceptance-length evaluation")
     dis.add_argument("--eval-prompt-len", type=int, default=64)

@@ -34,6 +34,7 @@ L cached prefix length, S = keys in the K/V views (L + T, or more with per-row `
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -44,7 +45,7 @@ import triton.language as tl
 from .errors import OrthrusError
 
 MAX_BLOCK = 64  # the most queries (T) per call; a longer prefill goes through PyTorch (see model.attention)
-MIN_KEYS_PER_SPLIT = 512  # flash-decoding: never split the keys into pieces shorter than this
+MIN_KEYS_PER_SPLIT = 64  # flash-decoding: no split gets fewer keys than this (one tile)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -308,26 +309,46 @@ def _choose_num_splits(num_programs: int, S: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1  # the interpreter runs programs one after another: splitting only adds work
     num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    # At most one wave of programs, and no split shorter than MIN_KEYS_PER_SPLIT keys (each split
-    # costs a partial output written and read again, which must stay small next to its K/V).
+    # One wave of programs: a sweep on an H100 (`bench attn --sweep`: bf16, D = 128, K = 32, L = 1k … 32k)
+    # found one program per SM fastest in 14 of 16 cells, even at 1k keys split 16 ways; a second wave never won.
+    # No split is shorter than MIN_KEYS_PER_SPLIT keys (each writes a partial output read again).
     return max(1, min(num_sms // num_programs, S // MIN_KEYS_PER_SPLIT))
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, lengths: torch.Tensor | None,
-            num_splits: int | None) -> torch.Tensor:
-    """Picks tile sizes and the number of splits, allocates the output, runs the kernel(s)."""
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and work split of one kernel launch (what `choose_config` picks; benchmarks may sweep it)."""
+
+    block_m: int  # packed query rows per program
+    block_n: int  # keys per tile
+    num_warps: int
+    num_stages: int  # K/V tiles in flight (software pipelining on the GPU)
+    num_splits: int  # programs that share one row's key range (flash-decoding)
+
+
+def choose_config(q: torch.Tensor, k: torch.Tensor, num_splits: int | None = None) -> LaunchConfig:
+    """The launch configuration for q (B, H, T, D) over k (B, Hkv, S, D) on q's device."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
     # Tile sizes: the q tile plus num_stages K/V tiles must fit in shared memory (~160 KB, an A100's),
     # so wide rows (fp32, or D = 256) get fewer rows and keys per tile.
     row_bytes = D * q.element_size()  # one query or key row: 256 for bf16 with D = 128
-    BLOCK_M = max(16, min(128 if row_bytes <= 512 else 64, triton.next_power_of_2(G * T)))  # packed query rows
-    BLOCK_N = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16  # keys per tile
-    num_stages = 3 if row_bytes <= 256 else 2  # K/V tiles in flight (software pipelining on the GPU)
-    num_row_tiles = triton.cdiv(G * T, BLOCK_M)
+    block_m = max(16, min(128 if row_bytes <= 512 else 64, triton.next_power_of_2(G * T)))  # packed query rows
+    block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16  # keys per tile
+    num_stages = 3 if row_bytes <= 256 else 2
     if num_splits is None:
-        num_splits = _choose_num_splits(B * Hkv * num_row_tiles, S, q.device)
+        num_splits = _choose_num_splits(B * Hkv * triton.cdiv(G * T, block_m), S, q.device)
+    return LaunchConfig(block_m, block_n, 8 if block_m >= 128 else 4, num_stages, num_splits)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, lengths: torch.Tensor | None,
+            config: LaunchConfig) -> torch.Tensor:
+    """Allocates the output (and the per-split partials), runs the kernel and, when split, the combine."""
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    num_splits, BLOCK_N = config.num_splits, config.block_n
     keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
     # The output is laid out (B, T, H, D) in memory, so the model's out.transpose(1, 2).reshape(B, T, H*D) is free.
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)  # (B, H, T, D)
@@ -337,7 +358,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
     else:
         o_part = lse_part = out.new_empty(0, 0, 0, 0, 0)  # unused: the kernel writes `out` directly
 
-    grid = (B * Hkv, num_row_tiles, num_splits)
+    grid = (B * Hkv, triton.cdiv(G * T, config.block_m), num_splits)
     _block_attention_kernel[grid](
         q, k, v, out, o_part, lse_part, lengths if lengths is not None else q,  # q: a placeholder, never read
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],  # last dims: stride 1
@@ -345,9 +366,9 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
         *(lse_part.stride() if num_splits > 1 else (0,) * 4),
         Hkv, T, S, keys_per_split, D**-0.5 / math.log(2),
         GROUP=G, HAS_LENGTHS=lengths is not None, CAUSAL=causal, SPLIT=num_splits > 1,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=D,
+        BLOCK_M=config.block_m, BLOCK_N=BLOCK_N, BLOCK_D=D,
         DOT_PRECISION="ieee",  # fp32 inputs: exact fp32 products, not TF32 (ignored for bf16/fp16)
-        num_warps=8 if BLOCK_M >= 128 else 4, num_stages=num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if num_splits > 1:
         _combine_splits_kernel[(B * H * T,)](
@@ -383,7 +404,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     On the CPU this runs only under TRITON_INTERPRET=1 (see the module docstring).
     """
     _check_inputs(q, k, v, lengths, num_splits)
-    return _launch(q, k, v, causal, lengths, num_splits)
+    return _launch(q, k, v, causal, lengths, choose_config(q, k, num_splits))
 
 
 __all__ = ["block_attention", "reference_block_attention", "MAX_BLOCK"]

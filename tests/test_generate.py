@@ -15,7 +15,7 @@ from orthrus_min.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    return load_model(tiny_checkpoint[0])
+    return load_model(tiny_checkpoint[0], device="cpu")
 
 
 PROMPT = [11, 42, 7, 99, 5]
@@ -97,7 +97,7 @@ def test_cli_streams_the_greedy_continuation(capsys, tiny_checkpoint):
     tok = Tokenizer(folder)
     rc = main(["--model", str(folder), "--prompt", "def fib", "--max-new-tokens", "12"])
     out, err = capsys.readouterr()
-    model = load_model(folder)
+    model = load_model(folder, device="cpu")
     expected = generate_ar(model, tok.encode("def fib"), 12)
     assert rc == 0
     assert out == tok.decode(expected.tokens, skip_special_tokens=True) + "\n"

@@ -106,7 +106,7 @@ def test_sharded_checkpoint_loads(tmp_path):
     hf.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
-    ours = load_model(tmp_path, dtype="float32")
+    ours = load_model(tmp_path, dtype="float32", device="cpu")
     ids = torch.arange(20).view(1, 20)
     with torch.no_grad():
         assert rel_err(ours(ids), hf(ids).logits) <= 1e-5
@@ -114,7 +114,7 @@ def test_sharded_checkpoint_loads(tmp_path):
 
 def test_load_in_bfloat16(tiny_checkpoint):
     folder, hf = tiny_checkpoint
-    ours = load_model(folder, dtype="bfloat16")
+    ours = load_model(folder, dtype="bfloat16", device="cpu")
     assert ours.dtype == torch.bfloat16 and ours.model.rotary_emb.cos.dtype == torch.float32
     ids = torch.arange(16).view(1, 16)
     with torch.no_grad():

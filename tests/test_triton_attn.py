@@ -260,3 +260,13 @@ def test_bench_attn_without_gpu_exits_2(capsys):
 
     assert main([]) == 2
     assert "bench attn needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_split_heuristic_fills_one_wave(monkeypatch):
+    """Flash-decoding splits: one program per SM (the H100 sweep's best), never a split under 64 keys."""
+    monkeypatch.setattr(triton_attn, "_num_sms", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert triton_attn._choose_num_splits(8, 1024 + 32, cuda) == 16  # Qwen3-1.7B layout, L = 1k: 8 programs x 16
+    assert triton_attn._choose_num_splits(8, 100, cuda) == 1  # too few keys to split
+    assert triton_attn._choose_num_splits(132, 32768, cuda) == 1  # the programs already fill the GPU
+    assert triton_attn._choose_num_splits(8, 32768, torch.device("cpu")) == 1  # the interpreter: never split

@@ -91,7 +91,7 @@ def transformers_reference(folder: Path, dtype: torch.dtype, device: torch.devic
     cfg = Qwen3Config.from_json(folder / "config.json").to_dict()
     for key in ("model_type", "block_size", "mask_token_id"):
         cfg.pop(key, None)
-    with torch.device(device):  # built where it runs: initialising a 1.7B model on the CPU takes minutes
+    with torch.device(device):  # built and initialised where it runs, not first on the CPU (slow for a 1.7B model)
         model = HFModel(HFConfig(**cfg)).to(dtype).eval()
     state = {}
     for f in safetensors_files(folder):

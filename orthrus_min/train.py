@@ -520,6 +520,16 @@ def make_prompts(files: list[Path], count: int, num_lines: int = 12, seed: int =
 # --------------------------------------------------------------------------- command line
 
 
+def optimization_args(sp, steps: int, lr: float, warmup: int) -> None:
+    """The step count, batch shape and AdamW schedule flags that pretrain and distill share (defaults differ)."""
+    sp.add_argument("--steps", type=int, default=steps)
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--seq-len", type=int, default=256)
+    sp.add_argument("--lr", type=float, default=lr)
+    sp.add_argument("--warmup", type=int, default=warmup)
+    sp.add_argument("--clip", type=float, default=1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orthrus_min.train", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -539,12 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--tokenizer", type=Path, required=True, help="folder with tokenizer.json (stage 1's --out)")
     pre.add_argument("--out", type=Path, required=True)
     pre.add_argument("--preset", choices=list(MODEL_PRESETS), default="tiny")
-    pre.add_argument("--steps", type=int, default=3000)
-    pre.add_argument("--batch-size", type=int, default=16)
-    pre.add_argument("--seq-len", type=int, default=256)
-    pre.add_argument("--lr", type=float, default=2e-3)
-    pre.add_argument("--warmup", type=int, default=100)
-    pre.add_argument("--clip", type=float, default=1.0)
+    optimization_args(pre, steps=3000, lr=2e-3, warmup=100)
     pre.add_argument("--eval-every", type=int, default=100)
     pre.add_argument("--save-every", type=int, default=50)
     pre.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes (resume later)")
@@ -573,12 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--loss", choices=("kl", "ce"), default="kl", help="KL to the AR view (paper) or cross-entropy to the data")
     dis.add_argument("--position-decay", type=float, default=1.0,
                      help="weight block index i of the loss by this**i (1 = uniform, the paper; < 1 favours the first drafts)")
-    dis.add_argument("--steps", type=int, default=1000)
-    dis.add_argument("--batch-size", type=int, default=16)
-    dis.add_argument("--seq-len", type=int, default=256)
-    dis.add_argument("--lr", type=float, default=1e-3)
-    dis.add_argument("--warmup", type=int, default=50)
-    dis.add_argument("--clip", type=float, default=1.0)
+    optimization_args(dis, steps=1000, lr=1e-3, warmup=50)
     dis.add_argument("--self-distill", type=int, default=0, metavar="N",
                      help="also train on N sequences of the base model's own greedy continuations of corpus prompts")
     dis.add_argument("--self-distill-fraction", type=float, default=0.75, help="share of each batch from those sequences")

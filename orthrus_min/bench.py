@@ -32,7 +32,7 @@ else the shipped model's held-out prompts.
 
 Peak memory is CUDA's max_memory_allocated on a GPU; on CPU it is the process's peak RSS
 (resource.getrusage), which only ever grows over the process: a row shows the peak so far.
-Absolute times mean something only on a GPU; ratios from one run are the result (DESIGN §5).
+Absolute times mean something only on a GPU; ratios from one run are the result (docs/ARCHITECTURE.md, "Performance model").
 On a CPU shared with other work, `--threads 1` avoids OpenMP's costly waits for busy cores.
 """
 

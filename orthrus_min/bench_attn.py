@@ -12,7 +12,7 @@ bidirectional (diffusion draft), it times one attention call of
 and prints a markdown table: µs per call (median; L2 flushed before every call), our speedup
 over the faster baseline, and our achieved bandwidth — bytes of K/V read plus q read and
 output written, per second — next to the device's measured copy bandwidth. Decoding attention
-is memory-bound (DESIGN.md §5), so bandwidth is the yardstick: the goal is >= 1.0x the faster
+is memory-bound (docs/ARCHITECTURE.md, "Performance model"), so bandwidth is the yardstick: the goal is >= 1.0x the faster
 baseline at every L >= 1k and >= 70% of copy bandwidth at 32k.
 
 K/V are strided views of a larger preallocated cache, as in the model. Needs a CUDA GPU

@@ -3,7 +3,7 @@
     python -m orthrus_min.bench all                        # the shipped model and its held-out prompts
     python -m orthrus_min.bench orthrus --model DIR --prompts prompts.jsonl --new-tokens 256
 
-Measuring rules (DESIGN §5: ratios from one run): every method decodes the same prompt ids
+Measuring rules (docs/ARCHITECTURE.md, "Performance model": ratios from one run): every method decodes the same prompt ids
 with the same weights; methods are interleaved inside each repeat so they share the machine's
 noise; `--warmup` untimed runs of each method come first (again at each sweep point, where
 shapes change); each cell is the median over `--repeats`. Runs are timed end to end with

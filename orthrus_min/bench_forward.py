@@ -4,7 +4,7 @@
     python -m orthrus_min.bench forward --model /tmp/qwen3-1.7b                 # on a GPU
     python -m orthrus_min.bench forward --model DIR --smoke                     # seconds, CPU too
 
-DESIGN §5: decoding is memory-bound, so one forward over T = 32 new tokens should cost about
+docs/ARCHITECTURE.md, "Performance model": decoding is memory-bound, so one forward over T = 32 new tokens should cost about
 as much as one over T = 1 — that ratio is Orthrus's whole budget. An Orthrus iteration is a
 diffusion forward and an AR forward over K tokens and commits τ tokens (the acceptance
 length); plain AR spends one 1-token forward per token. So Orthrus wins when
@@ -146,7 +146,7 @@ def print_forward(result: dict) -> None:
             be = f"{s['break_even_acceptance']:.2f}" if s and view == "ar" else "–"
             print(f"| {view} | {L} | " + " | ".join(cells) + f" | {ratio} | {be} |")
     print("\nbreak-even τ = (diffusion forward + AR forward over K tokens) / AR forward over 1 token: the acceptance length "
-          "above which Orthrus beats AR decoding (DESIGN §5).")
+          "above which Orthrus beats AR decoding (docs/ARCHITECTURE.md, 'Performance model').")
     r = result["roofline"]
     print(f"\n## AR decode vs the memory-bandwidth roofline\n\nweights read per token {r['weight_bytes_per_token'] / 2**20:.1f} MiB "
           f"(AR view, lm_head included) + K/V {r['kv_bytes_per_token'] / 2**20:.2f} MiB at {r['context']:.0f} cached tokens; "

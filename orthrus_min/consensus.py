@@ -1,6 +1,6 @@
 """Orthrus decoding: the diffusion view drafts a block, the AR view verifies it, both over one KV cache.
 
-Paper §3 (arXiv 2605.12825), DESIGN §1. One iteration, with `x_p` the newest token (emitted,
+Paper §3 (arXiv 2605.12825); docs/ARCHITECTURE.md, "The method". One iteration, with `x_p` the newest token (emitted,
 but not yet in the cache, which holds positions 0 … p-1):
 
     draft   diffusion pass over [x_p, MASK, …, MASK]   (K tokens, positions p … p+K-1)

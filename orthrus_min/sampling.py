@@ -1,6 +1,6 @@
 """Turning logits into tokens: greedy, or sampling after temperature / top-k / top-p warping.
 
-The same warping is applied to both views in Orthrus sampling (DESIGN §1), so the
+The same warping is applied to both views in Orthrus sampling (docs/ARCHITECTURE.md, "Sampling"), so the
 speculative-sampling rule compares two distributions that went through identical
 processing. Mirrors Hugging Face's TemperatureLogitsWarper, TopKLogitsWarper and
 TopPLogitsWarper (`transformers/generation/logits_process.py`).

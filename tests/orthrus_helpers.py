@@ -1,4 +1,4 @@
-"""Helpers for the Orthrus tests: tiny models with a diffusion view, and the Transformers reference of DESIGN §4.
+"""Helpers for the Orthrus tests: tiny models with a diffusion view, and the Transformers references of docs/ARCHITECTURE.md, "References".
 
 Every model is built in memory from a tiny random Transformers Qwen3 (see conftest.make_hf_model).
 """
@@ -59,7 +59,7 @@ def hf_diffusion_twin(hf_model, model: Qwen3ForCausalLM):
 
 @torch.no_grad()
 def hf_draft_logits(hf_model, twin, prefix: torch.Tensor, block: torch.Tensor, bidirectional: bool = True) -> torch.Tensor:
-    """DESIGN §4's reference for the draft pass: `twin` over `block` (1, K) at positions P … P+K-1, reading a
+    """The reference for the draft pass (docs/ARCHITECTURE.md, "References"): `twin` over `block` (1, K) at positions P … P+K-1, reading a
     Transformers DynamicCache that holds the AR view's K/V of `prefix` (1, P), with a 4-D float mask of
     zeros (everything visible). bidirectional=False uses Transformers' own causal mask instead."""
     P, K = prefix.shape[1], block.shape[1]

@@ -1,4 +1,4 @@
-"""The consensus decoder (DESIGN §1 steps 2-4): lossless greedy decoding against Transformers' `generate`,
+"""The consensus decoder (docs/ARCHITECTURE.md, "The method", steps 2-4): lossless greedy decoding against Transformers' `generate`,
 EOS and max_new_tokens inside a run, streaming and statistics, the cache (size and roll back),
 `check=True` in bf16, and clear errors from the Python API and the command line."""
 

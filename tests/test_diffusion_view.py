@@ -1,5 +1,5 @@
-"""The diffusion view (DESIGN §1 step 1, §4): draft logits against a Transformers-built reference,
-the cache left untouched, init_diffusion_view, and the Orthrus checkpoint layout (DESIGN §2)."""
+"""The diffusion view (docs/ARCHITECTURE.md, "The method" step 1 and "References"): draft logits against a Transformers-built reference,
+the cache left untouched, init_diffusion_view, and the Orthrus checkpoint layout (docs/ARCHITECTURE.md, "Checkpoints")."""
 
 from __future__ import annotations
 

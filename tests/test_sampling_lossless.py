@@ -1,4 +1,4 @@
-"""Lossless sampling (DESIGN §1 step 3, §4): Orthrus sampling has exactly the distribution of AR sampling.
+"""Lossless sampling (docs/ARCHITECTURE.md, "Sampling" and "References"): Orthrus sampling has exactly the distribution of AR sampling.
 
 On a 16-token vocabulary the exact AR distribution of the next three tokens (16^3 cells) is
 computed from the model, and samples are compared with it by a chi-square test:

@@ -64,7 +64,7 @@ def test_chat_template_matches_transformers(tokenizers, name, enable_thinking):
 
 
 def test_chat_template_known_rendering():
-    """The example from shared/data/README.md, rendered from the real Qwen3 template."""
+    """A system and a user turn with thinking off, rendered from the real Qwen3 template, as Qwen3 documents it."""
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     got = render_chat_template(CHAT_TEMPLATE.read_text(), messages, add_generation_prompt=True, enable_thinking=False)
     assert got == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"

@@ -154,7 +154,7 @@ def run(args) -> int:
 
     stream = tokenizer.stream_decoder()
 
-    def on_tokens_stdout(ids: list[int]) -> None:
+    def on_tokens_stdout(row: int, ids: list[int]) -> None:
         sys.stdout.write(stream.push(ids))
         sys.stdout.flush()
 

@@ -1,11 +1,15 @@
 """One preallocated KV cache shared by both views (Orthrus §3: "O(1) cache overhead").
 
-Layout: keys and values of every layer in two tensors (num_layers, B, Hkv, S, D),
-S = capacity. `length` (L) entries are valid. A forward over T new tokens writes
-their K/V into slots L … L+T-1 (both views do: the kernel then reads one contiguous
-range). The AR view keeps them by advancing `length`; the diffusion view leaves
-`length` alone, so its block is simply overwritten by the next write. Rolling
-back after a rejected draft is a length change — no copy, nothing freed.
+Layout: per layer, one key and one value tensor of shape (B, Hkv, S, D), S = capacity (separate
+tensors per layer, so that training can keep one layer's keys for its backward pass while the
+next layer writes its own).
+Each row b of the batch has its own length L_b (`lengths`, a (B,) tensor on the cache's device):
+its entries 0 … L_b-1 are valid. A forward over a block of T new tokens writes row b's K/V into
+slots L_b … L_b+T-1 (both views do: attention then reads one contiguous range per row). The AR
+view keeps them by advancing every length by T; the diffusion view leaves the lengths alone, so
+its block is simply overwritten by the next write. Rolling back after a rejected draft is a
+length change per row — no copy, nothing freed, nothing zeroed: slots at or past L_b are hidden
+by the attention mask (or the kernel's `lengths`), never relied on being zero.
 """
 
 from __future__ import annotations
@@ -16,54 +20,72 @@ from .errors import OrthrusError
 
 
 class KVCache:
-    """Preallocated keys/values for `num_layers` layers and `batch_size` sequences of at most `max_len` tokens."""
+    """Preallocated keys/values for `num_layers` layers and `batch_size` rows of at most `max_len` tokens each."""
 
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         if max_len < 1:
             raise OrthrusError(f"KV cache capacity must be at least 1 token, got {max_len}")
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)  # (layers, B, Hkv, S, D)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0  # L: valid entries, the same for every sequence of the batch
-        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer views (B, Hkv, S, D), made once
+        if batch_size < 1:
+            raise OrthrusError(f"KV cache batch size must be at least 1, got {batch_size}")
+        shape = (batch_size, num_kv_heads, max_len, head_dim)  # (B, Hkv, S, D)
+        self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))  # one per layer
+        self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): L_b, valid entries of row b
+        self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1): row index for the scatter in `write`
+        self._offsets = torch.arange(max_len, device=device)  # (S,): 0 … S-1
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0]
 
     def nbytes(self) -> int:
-        """Bytes held by the keys and values."""
-        return self.k.numel() * self.k.element_size() * 2
+        """Bytes held by the keys and values of every layer."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def slots(self, num_new: int) -> torch.Tensor:
+        """(B, T) the slots (and positions) of a block of T new tokens: L_b … L_b+T-1 for row b."""
+        return self.lengths[:, None] + self._offsets[:num_new]
 
     def check_room(self, num_new: int) -> None:
-        """Raises a clear error when `num_new` more tokens would not fit."""
-        if self.length + num_new > self.capacity:
-            raise OrthrusError(f"KV cache is full: {self.length} cached + {num_new} new tokens > capacity {self.capacity}")
+        """Raises a clear error when `num_new` more tokens would not fit in some row (reads the lengths: a host sync on a GPU)."""
+        longest = int(self.lengths.max())
+        if longest + num_new > self.capacity:
+            raise OrthrusError(f"KV cache is full: {longest} cached + {num_new} new tokens > capacity {self.capacity}")
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stores k, v (B, Hkv, T, D) in slots L … L+T-1 of `layer`; returns that layer's keys and values for slots 0 … L+T-1."""
-        end = self.length + k.shape[2]
-        k_all, v_all = self.k_layers[layer], self.v_layers[layer]  # (B, Hkv, S, D)
-        k_all[:, :, self.length : end] = k
-        v_all[:, :, self.length : end] = v
-        return k_all[:, :, :end], v_all[:, :, :end]  # (B, Hkv, L+T, D) views, no copy
+        """Stores k, v (B, Hkv, T, D) in row b's slots L_b … L_b+T-1 of `layer`; returns that layer's whole
+        keys and values (B, Hkv, S, D) — views, no copy; what is valid for each row is the caller's mask's business."""
+        k_all, v_all = self.k[layer], self.v[layer]  # (B, Hkv, S, D)
+        slots = self.slots(k.shape[2])  # (B, T)
+        # Advanced indices on dims 0 and 2 put their (B, T) shape first: the target is (B, T, Hkv, D).
+        k_all[self._rows, :, slots] = k.transpose(1, 2).to(k_all.dtype)
+        v_all[self._rows, :, slots] = v.transpose(1, 2).to(v_all.dtype)
+        return k_all, v_all
 
     def advance(self, num_new: int) -> None:
-        """Commits the last `num_new` written tokens (called by the model after an AR forward)."""
-        self.check_room(num_new)
-        self.length += num_new
+        """Keeps the last `num_new` written tokens of every row (the model calls it after an AR forward)."""
+        self.lengths += num_new
 
-    def rollback(self, length: int) -> None:
-        """Keeps only the first `length` entries (after a rejected draft). A length change, no copy."""
-        if not 0 <= length <= self.length:
-            raise OrthrusError(f"cannot roll the KV cache back to {length}: it holds {self.length} entries")
-        self.length = length
+    def rollback(self, lengths: torch.Tensor | int) -> None:
+        """Keeps only the first lengths[b] entries of each row (after a rejected draft). A length change, no copy.
 
-    def keys(self, layer: int) -> torch.Tensor:
-        """Valid keys of `layer`, (B, Hkv, L, D)."""
-        return self.k[layer, :, :, : self.length]
+        Checked on the CPU (a new length can only shrink a row); on a GPU the check would stall it, so it is skipped.
+        """
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=self.lengths.device).expand_as(self.lengths)
+        if self.lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+            if bool((lengths < 0).any() | (lengths > self.lengths).any()):
+                raise OrthrusError(f"cannot roll the KV cache back to {lengths.tolist()}: it holds {self.lengths.tolist()} entries")
+        self.lengths.copy_(lengths)
 
-    def values(self, layer: int) -> torch.Tensor:
-        """Valid values of `layer`, (B, Hkv, L, D)."""
-        return self.v[layer, :, :, : self.length]
+    def keys(self, layer: int, row: int = 0) -> torch.Tensor:
+        """Valid keys of `layer` for one row, (Hkv, L_row, D)."""
+        return self.k[layer][row, :, : int(self.lengths[row])]
+
+    def values(self, layer: int, row: int = 0) -> torch.Tensor:
+        """Valid values of `layer` for one row, (Hkv, L_row, D)."""
+        return self.v[layer][row, :, : int(self.lengths[row])]

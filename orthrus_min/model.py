@@ -35,6 +35,7 @@ from .kvcache import KVCache
 VIEWS = ("ar", "diffusion")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "orthrus-stdlib-tiny"  # the small model shipped with the package
 ATTN_BACKENDS = ("torch", "triton")
+MAX_KERNEL_BLOCK = 64  # the Triton kernel takes blocks of at most this many queries; a longer prefill uses SDPA
 
 
 # --------------------------------------------------------------------------- config
@@ -186,9 +187,9 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat([freqs, freqs], dim=-1)  # (P, D)
         self.cos, self.sin = angles.cos(), angles.sin()
 
-    def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions start … start+length-1, each (length, D) in `dtype`."""
-        return self.cos[start : start + length].to(dtype), self.sin[start : start + length].to(dtype)
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for position_ids (B, T), each (B, T, D) in `dtype`."""
+        return self.cos[position_ids].to(dtype), self.sin[position_ids].to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -198,28 +199,41 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates x (B, heads, T, D) by the angles of its T positions; cos/sin are (T, D)."""
+    """Rotates x (B, heads, T, D) by the angles of its positions; cos/sin are (B, T, D) (or (T, D), shared by the batch)."""
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # (B, 1, T, D): the same angles for every head
     return x * cos + rotate_half(x) * sin
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, backend: str = "torch") -> torch.Tensor:
-    """Softmax attention of a block of T queries over L cached keys followed by the block's own T keys.
+def block_mask(lengths: torch.Tensor, T: int, S: int, causal: bool) -> torch.Tensor:
+    """Which of S cache slots each of T block queries sees, per row: (B, 1, T, S) bool, True = visible.
 
-    q: (B, H, T, D); k, v: (B, Hkv, L+T, D). The cached prefix is fully visible; inside
-    the block the mask is causal (AR view) or absent (diffusion view: bidirectional).
+    Row b's block sits in slots L_b … L_b+T-1 right after its L_b cached entries, so query i
+    sees slots < L_b + i + 1 (causal: the prefix and the block up to itself) or < L_b + T
+    (bidirectional: the prefix and the whole block). Slots past that — another row's longer
+    history, rejected drafts, never-written memory — are hidden.
+    """
+    last = torch.arange(1, T + 1, device=lengths.device) if causal else torch.full((T,), T, device=lengths.device)  # (T,)
+    limit = lengths[:, None] + last  # (B, T): slots below this are visible to query i
+    return (torch.arange(S, device=lengths.device) < limit[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None = None,
+              lengths: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+    """Softmax attention of a block of T queries, q (B, H, T, D), over keys and values k, v (B, Hkv, S, D).
+
+    mask (B or 1, 1, T, S) bool, True = visible: `block_mask` of a cache, or training's dual-pass mask.
+    lengths (B,) without a mask: k, v are a cache whose row b holds L_b entries before the block;
+    the visibility rule is `block_mask`'s (backend "triton": our kernel applies it itself, reading
+    only the keys a row needs). Neither: the keys are the block's own (S = T), causal or all visible.
     Returns (B, H, T, D).
     """
-    if backend == "triton" and q.shape[2] <= 64:  # the kernel takes blocks of <= 64 queries; a long prefill uses SDPA below
-        from .triton_attn import block_attention
+    if mask is None and lengths is not None:
+        if backend == "triton":
+            from .triton_attn import block_attention
 
-        return block_attention(q, k, v, causal=causal)
-    T, S = q.shape[2], k.shape[2]
-    mask, is_causal = None, False
-    if causal and T > 1:
-        if S == T:
-            is_causal = True  # no prefix: plain causal attention
-        else:
-            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # (T, L+T): query i sees keys <= L+i
+            return block_attention(q, k, v, causal=causal, lengths=lengths)
+        mask = block_mask(lengths, q.shape[2], k.shape[2], causal)  # (B, 1, T, S)
+    is_causal = mask is None and causal and q.shape[2] > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
 
 
@@ -271,14 +285,17 @@ class Qwen3Attention(nn.Module):
         o_proj = self.o_proj if view == "ar" else self.o_proj_diff
         return o_proj(out.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str) -> torch.Tensor:
-        """x (B, T, C) at positions L … L+T-1 -> (B, T, C); writes the block's K/V into cache slots L … L+T-1."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, view: str,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); with a cache, writes the block's K/V into each row's slots L_b … L_b+T-1."""
         q, k, v = self.project(x, cos, sin, view)  # the view picks the weights ...
+        lengths = None
         if cache is not None:
-            # Both views put the block right after the prefix; only the AR view's stay (the model
-            # advances the cache length after an AR forward), the diffusion view's are overwritten.
-            k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, L+T, D)
-        out = attention(q, k, v, causal=(view == "ar"), backend=self.attn_backend)  # ... and the mask; (B, H, T, D)
+            # Both views put the block right after each row's prefix; only the AR view's stay (the model
+            # advances the cache lengths after an AR forward), the diffusion view's are overwritten later.
+            k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, S, D): the whole cache of this layer
+            lengths = cache.lengths
+        out = attention(q, k, v, causal=(view == "ar"), mask=mask, lengths=lengths, backend=self.attn_backend)  # ... and the mask
         return self.output(out, view)  # (B, T, C)
 
 
@@ -305,8 +322,8 @@ class Qwen3DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = Qwen3MLP(config)
 
-    def forward(self, x, cos, sin, cache, view):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, view)
+    def forward(self, x, cos, sin, cache, view, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, view, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -334,6 +351,7 @@ class Qwen3ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.attn_backend = "torch"
 
     @property
     def device(self) -> torch.device:
@@ -347,39 +365,58 @@ class Qwen3ForCausalLM(nn.Module):
         """Chooses the attention implementation of every layer: "torch" (SDPA) or "triton" (our kernel)."""
         if backend not in ATTN_BACKENDS:
             raise OrthrusError(f"attention backend {backend!r} is unknown; choose one of {ATTN_BACKENDS}")
+        self.attn_backend = backend  # the model builds the SDPA mask only for the torch backend (and long prefills)
         for layer in self.model.layers:
             layer.self_attn.attn_backend = backend
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
-        """A preallocated KV cache for `max_len` tokens of `batch_size` sequences, in the model's dtype and device."""
+        """A preallocated KV cache for `batch_size` rows of up to `max_len` tokens, in the model's dtype and device.
+
+        max_len is at most the model's context, so every cache slot has a position the model knows.
+        """
         c = self.config
+        if max_len > c.max_position_embeddings:
+            raise OrthrusError(f"a KV cache of {max_len} tokens exceeds the model's context of {c.max_position_embeddings} tokens")
         return KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_len, c.head_dim, dtype=self.dtype, device=self.device)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, view: str = "ar", logits_to_keep: int = 0) -> torch.Tensor:
-        """Logits (B, T', V) for input_ids (B, T) at positions L … L+T-1, L = cache length (0 without a cache).
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, view: str = "ar",
+                position_ids: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        """Logits (B, T', V) for a block of tokens input_ids (B, T); one forward for both views.
 
-        view="ar": causal; with a cache, the T new K/V are appended (the cache length grows by T).
+        With a cache, row b's block sits at positions L_b … L_b+T-1 (L_b = cache.lengths[b]) and
+        sees its own cached entries plus the block; without one, positions 0 … T-1 and the block only.
+        view="ar": causal inside the block; with a cache, every row's length then grows by T.
         view="diffusion": the draft pass — bidirectional inside the block, reads the cache, leaves
-        its length unchanged. logits_to_keep=n > 0 computes logits for the last n positions only.
+        its lengths unchanged.
+        position_ids (B or 1, T) and attn_mask (B or 1, 1, T, S) bool override the positions and the
+        visibility rule (training's dual-pass forward; S = cache capacity, or T without a cache).
+        logits_to_keep: an int n > 0 keeps the last n positions; a (B,) tensor keeps one index per row.
+        The forward has fixed shapes and no host syncs, so torch.compile captures it whole.
         """
         if view not in VIEWS:
             raise OrthrusError(f"view {view!r} is unknown; choose one of {VIEWS}")
         if view == "diffusion" and not self.config.has_diffusion_view:
             raise OrthrusError(NO_DIFFUSION_VIEW)
         B, T = input_ids.shape
-        L = cache.length if cache is not None else 0
-        if L + T > self.config.max_position_embeddings:
-            raise OrthrusError(f"{L + T} positions exceed the model's context (max_position_embeddings={self.config.max_position_embeddings})")
-        if cache is not None:
-            cache.check_room(T)
+        if cache is None and T > self.config.max_position_embeddings:
+            raise OrthrusError(f"{T} positions exceed the model's context (max_position_embeddings={self.config.max_position_embeddings})")
+        if cache is not None and cache.lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+            cache.check_room(T)  # a clear error instead of an index error (free on the CPU; would stall a GPU)
+        if position_ids is None:
+            position_ids = cache.slots(T) if cache is not None else torch.arange(T, device=input_ids.device)[None]  # (B|1, T)
+        mask = attn_mask
+        if mask is None and cache is not None and (self.attn_backend == "torch" or T > MAX_KERNEL_BLOCK):
+            mask = block_mask(cache.lengths, T, cache.capacity, causal=(view == "ar"))  # (B, 1, T, S), once for all layers
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = self.model.rotary_emb(L, T, x.dtype)  # (T, D) each
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B|1, T, D) each
         for layer in self.model.layers:
-            x = layer(x, cos, sin, cache, view)  # (B, T, C)
-        x = self.model.norm(x)
-        if logits_to_keep:
+            x = layer(x, cos, sin, cache, view, mask)  # (B, T, C)
+        if isinstance(logits_to_keep, torch.Tensor):
+            x = x.gather(1, logits_to_keep.view(B, 1, 1).expand(B, 1, x.shape[-1]))  # (B, 1, C): one position per row
+        elif logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, T', C)
-        logits = self.lm_head(x)  # (B, T', V)
+        logits = self.lm_head(self.model.norm(x))  # (B, T', V)
         if cache is not None and view == "ar":
             cache.advance(T)
         return logits
@@ -584,4 +621,4 @@ def num_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["Qwen3Config", "Qwen3ForCausalLM", "load_model", "save_model", "init_diffusion_view", "require_diffusion_view", "attention", "apply_rope", "RMSNorm",
-           "RotaryEmbedding", "resolve_device", "resolve_dtype", "resolve_checkpoint", "DTYPES", "num_parameters"]
+           "RotaryEmbedding", "block_mask", "resolve_device", "resolve_dtype", "resolve_checkpoint", "DTYPES", "num_parameters"]

@@ -293,43 +293,32 @@ def block_starts(seq_len: int, block_size: int, offset: int) -> torch.Tensor:
 def dual_forward(model: Qwen3ForCausalLM, ids: torch.Tensor, block_size: int, offset: int):
     """One forward over an AR sequence and its diffusion copy, cut into blocks (the paper's dual-pass mask).
 
-    ids (B, N): the AR view reads them causally (frozen teacher, no gradient). The diffusion
-    copy has one block [x_s, MASK, …, MASK] at positions s … s+K-1 for every start s of
-    `block_starts`; a diffusion query of the block starting at s sees the AR keys at positions
-    < s and the diffusion keys of its own block only — exactly what it sees at inference, where
-    the AR keys are the cache. Returns (teacher logits (B, N, V), diffusion logits (B, M, V), starts),
-    M = number of blocks × K; diffusion logit j*K + i is the draft for position starts[j] + 1 + i.
+    ids (B, N): the AR view reads them causally (frozen teacher, no gradient), writing their K/V to
+    a cache exactly as at inference. The diffusion copy has one block [x_s, MASK, …, MASK] at
+    positions s … s+K-1 for every start s of `block_starts`, all in one diffusion forward over that
+    cache; the mask lets a diffusion query of the block starting at s see the AR keys at positions
+    < s and the diffusion keys of its own block only — exactly what it sees at inference, where the
+    AR keys are the cache. The same model forward, layers and attention as decoding, only with the
+    positions and the mask passed in.
+    Returns (teacher logits (B, N, V), diffusion logits (B, M, V), starts), M = number of blocks × K;
+    diffusion logit j*K + i is the draft for position starts[j] + 1 + i.
     """
-    inner, K = model.model, block_size
+    K = block_size
     B, N = ids.shape
     starts = block_starts(N, K, offset).to(ids.device)  # (nb,)
     M = len(starts) * K
     diff_ids = torch.full((B, M), model.config.mask_token_id, dtype=ids.dtype, device=ids.device)  # (B, M)
     diff_ids[:, ::K] = ids[:, starts]  # each block opens with its real token x_s
     block_of = torch.arange(M, device=ids.device) // K  # (M,)
+    positions = starts[block_of] + torch.arange(M, device=ids.device) % K  # (M,): s … s+K-1 for each block
     sees_ar = torch.arange(N, device=ids.device)[None, :] < starts[block_of][:, None]  # (M, N): AR keys before the block
     sees_diff = block_of[:, None] == block_of[None, :]  # (M, M): own block, both directions
-    mask = torch.cat([sees_ar, sees_diff], dim=1)  # (M, N+M)
+    mask = torch.cat([sees_ar, sees_diff], dim=1)[None, None]  # (1, 1, M, N+M) over the cache's slots
 
-    with torch.no_grad():
-        x_ar = inner.embed_tokens(ids)  # (B, N, C)
-    x_d = inner.embed_tokens(diff_ids)  # (B, M, C)
-    cos_ar, sin_ar = inner.rotary_emb(0, N, x_ar.dtype)  # (N, D)
-    cos_d, sin_d = inner.rotary_emb(offset, M, x_d.dtype)  # (M, D): blocks tile positions offset … offset+M-1
-    for layer in inner.layers:
-        attn = layer.self_attn
-        with torch.no_grad():  # the AR stream: the frozen teacher, and the keys/values the diffusion queries read
-            q, k, v = attn.project(layer.input_layernorm(x_ar), cos_ar, sin_ar, "ar")  # (B, H|Hkv, N, D)
-            x_ar = x_ar + attn.output(F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), "ar")
-            x_ar = x_ar + layer.mlp(layer.post_attention_layernorm(x_ar))
-        q_d, k_d, v_d = attn.project(layer.input_layernorm(x_d), cos_d, sin_d, "diffusion")  # (B, H|Hkv, M, D)
-        keys, values = torch.cat([k, k_d], dim=2), torch.cat([v, v_d], dim=2)  # (B, Hkv, N+M, D)
-        out = F.scaled_dot_product_attention(q_d, keys, values, attn_mask=mask, enable_gqa=True)  # (B, H, M, D)
-        x_d = x_d + attn.output(out, "diffusion")
-        x_d = x_d + layer.mlp(layer.post_attention_layernorm(x_d))
-    with torch.no_grad():
-        teacher = model.lm_head(inner.norm(x_ar))  # (B, N, V)
-    student = model.lm_head(inner.norm(x_d))  # (B, M, V)
+    cache = model.new_cache(N + M, batch_size=B)  # slots 0 … N-1: the AR keys; N … N+M-1: the diffusion blocks'
+    with torch.no_grad():  # the AR stream: the frozen teacher, and the keys/values the diffusion queries read
+        teacher = model(ids, cache)  # (B, N, V)
+    student = model(diff_ids, cache, view="diffusion", position_ids=positions[None], attn_mask=mask)  # (B, M, V)
     return teacher, student, starts
 
 

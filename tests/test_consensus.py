@@ -80,7 +80,7 @@ def test_copied_diffusion_weights_accept_several_tokens():
 def accepted_runs(model, prompt, max_new_tokens, K):
     """The runs an EOS-free decode commits, and where each starts in the output (the prefill token is run 0)."""
     runs = []
-    generate_orthrus(model, prompt, max_new_tokens, block_size=K, ignore_eos=True, on_tokens=runs.append)
+    generate_orthrus(model, prompt, max_new_tokens, block_size=K, ignore_eos=True, on_tokens=lambda row, run: runs.append(run))
     starts = [sum(len(r) for r in runs[:i]) for i in range(len(runs))]
     return runs, starts
 
@@ -95,7 +95,7 @@ def test_eos_inside_an_accepted_run_ends_there():
     eos = runs[i][0]
 
     seen = []
-    out = generate_orthrus(model, prompt, 64, block_size=K, eos_token_id=eos, on_tokens=seen.append)
+    out = generate_orthrus(model, prompt, 64, block_size=K, eos_token_id=eos, on_tokens=lambda row, run: seen.append(run))
 
     assert out.tokens == all_tokens[: starts[i] + 1] == hf_greedy(hf, prompt, 64, eos)
     assert out.finish_reason == "eos" and seen[-1] == [eos] and out.accepted[-1] == 1 < len(runs[i])
@@ -117,7 +117,9 @@ def test_max_new_tokens_ending_mid_block():
 def test_streaming_and_statistics():
     _, model = models(1, "gqa2", "copied")
     seen = []
-    out = generate_orthrus(model, [7, 8, 9], 30, block_size=4, ignore_eos=True, on_tokens=seen.append)
+    out = generate_orthrus(model, [7, 8, 9], 30, block_size=4, ignore_eos=True, on_tokens=lambda row, run: seen.append((row, run)))
+    assert {row for row, _ in seen} == {0}
+    seen = [run for _, run in seen]
     assert [t for run in seen for t in run] == out.tokens and len(out.tokens) == 30
     assert seen[0] == out.tokens[:1] and [len(run) for run in seen[1:]] == out.accepted
     assert out.num_forwards == 2 * len(out.accepted)
@@ -159,15 +161,16 @@ def test_roll_back_leaves_the_cache_as_ar_decoding_would(sampling):
     prompt = list(range(100, 120))
     committed, checked = [], []
 
-    def compare_with_ar(run):
+    def compare_with_ar(row, run):
         committed.extend(run)
         cache = caches[0]
         L = len(prompt) + len(committed) - 1
-        assert cache.length == L
+        assert cache.lengths.tolist() == [L]
         reference = model.new_cache(L)
         model(torch.tensor([prompt + committed[:-1]]), reference)  # an AR pass over the same tokens
-        torch.testing.assert_close(cache.k[:, :, :, :L], reference.k, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(cache.v[:, :, :, :L], reference.v, rtol=1e-5, atol=1e-5)
+        for layer in range(model.config.num_hidden_layers):
+            torch.testing.assert_close(cache.k[layer][:, :, :L], reference.k[layer], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(cache.v[layer][:, :, :L], reference.v[layer], rtol=1e-5, atol=1e-5)
         checked.append(len(run))
 
     out = generate_orthrus(model, prompt, 40, sampling, ignore_eos=True, on_tokens=compare_with_ar)
@@ -193,15 +196,15 @@ def test_check_catches_a_broken_acceptance_rule(monkeypatch):
     _, model = models(0, "gqa2", "random")
     generate_orthrus(model, [5, 6, 7], 20, block_size=8, ignore_eos=True, check=True)  # the real rule passes
 
-    def accept_everything(draft, ar_logits):
-        return len(draft), int(ar_logits[-1].argmax())
+    def accept_everything(draft, ar_logits):  # (B, K-1), (B, K, V) -> every draft, then the last argmax
+        return torch.full_like(draft[:, 0], draft.shape[1]), ar_logits[:, -1].argmax(-1)
 
     monkeypatch.setattr(consensus, "greedy_accept", accept_everything)
-    with pytest.raises(ConsensusCheckError, match="is not the AR view's argmax"):
+    with pytest.raises(ConsensusCheckError, match="check failed \\(row 0\\): a committed token is not the AR view's argmax"):
         generate_orthrus(model, [5, 6, 7], 20, block_size=8, ignore_eos=True, check=True)
 
-    def accept_everything_sampled(draft, q_probs, p_probs, generator):
-        return torch.tensor(len(draft)), torch.tensor(0)
+    def accept_everything_sampled(draft, q_probs, p_probs, u_accept, u_token):
+        return torch.full_like(draft[:, 0], draft.shape[1]), torch.zeros_like(draft[:, 0])
 
     monkeypatch.setattr(consensus, "speculative_accept", accept_everything_sampled)
     with pytest.raises(ConsensusCheckError, match="has probability 0 under the AR view"):
@@ -214,7 +217,7 @@ def test_check_catches_a_broken_acceptance_rule(monkeypatch):
 
 def test_bad_block_size_is_a_clear_error():
     _, model = models(0, "gqa2", "random")  # block_size 32
-    with pytest.raises(OrthrusError, match="block size must be >= 1, got 0"):
+    with pytest.raises(OrthrusError, match="block size must be an int >= 1, got 0"):
         generate_orthrus(model, [1, 2], 4, block_size=0)
     with pytest.raises(OrthrusError, match="block size 33 is larger than the checkpoint's block_size 32"):
         generate_orthrus(model, [1, 2], 4, block_size=33)
@@ -269,7 +272,7 @@ def test_cli_compare_stats_check(checkpoints, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--block-size", 0), "error: block size must be >= 1, got 0"),
+    (("--block-size", 0), "error: block size must be an int >= 1, got 0"),
     (("--block-size", 9), "error: block size 9 is larger than the checkpoint's block_size 8"),
     (("--mode", "ar", "--check"), "error: --check applies to orthrus decoding"),
 ], ids=["block-size-0", "block-size-9", "check-in-ar-mode"])
@@ -291,6 +294,7 @@ def test_cli_missing_mask_token_id(checkpoints, capsys):
 
 
 def test_cli_check_reports_a_broken_decoder(checkpoints, capsys, monkeypatch):
-    monkeypatch.setattr(consensus, "greedy_accept", lambda draft, ar_logits: (len(draft), int(ar_logits[-1].argmax())))
+    monkeypatch.setattr(consensus, "greedy_accept",
+                        lambda draft, ar_logits: (torch.full_like(draft[:, 0], draft.shape[1]), ar_logits[:, -1].argmax(-1)))
     code, out, err = cli(capsys, "--model", checkpoints / "orthrus", "--check")
-    assert code == 1 and "error: check failed: committed token" in err
+    assert code == 1 and "error: check failed (row 0): a committed token is not the AR view's argmax" in err

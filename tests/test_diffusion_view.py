@@ -72,10 +72,11 @@ def test_reference_is_bidirectional_inside_the_block():
 
 def model_copy_cache(model, cache):
     """A fresh cache holding the same valid entries as `cache`."""
-    other = model.new_cache(cache.capacity)
-    other.k.copy_(cache.k)
-    other.v.copy_(cache.v)
-    other.length = cache.length
+    other = model.new_cache(cache.capacity, cache.batch_size)
+    for mine, theirs in zip(other.k + other.v, cache.k + cache.v):
+        mine.copy_(theirs)
+    other.rollback(0)
+    other.lengths.copy_(cache.lengths)
     return other
 
 
@@ -89,7 +90,7 @@ def test_draft_pass_writes_nothing_to_the_cache():
 
     model(block, cache, view="diffusion")
 
-    assert cache.length == 30
+    assert cache.lengths.tolist() == [30]
     assert torch.equal(cache.keys(0), keys_before) and torch.equal(cache.values(1), values_before)
     assert torch.equal(model(block, cache), ar_logits_before)  # the AR view sees the same cache as before
 

@@ -6,7 +6,8 @@ computed from the model, and samples are compared with it by a chi-square test:
 * the rule itself, `speculative_accept`, on 40k drafts from the model's diffusion view, with the
   AR distributions the verify pass gives those drafts — and three deliberately broken rules,
   which must fail the same test (the test has teeth);
-* the whole decoder, `generate_orthrus`, on fewer samples (one decode per sample).
+* the whole decoder, `generate_orthrus`, with its counter-based random numbers: one batch of
+  thousands of rows, each row its own seed (a row samples exactly as it would alone).
 """
 
 from __future__ import annotations
@@ -99,34 +100,34 @@ def first_three_tokens(model, rule, sampling: SamplingParams, num_samples: int, 
     model(torch.tensor([prefix]), cache)
     block = torch.tensor([[x_p] + [MASK] * (K - 1)])  # (1, K)
     q = warp_probs(model(block, cache, view="diffusion")[0, :-1], sampling)  # (K-1, V): one draft pass serves all
-    drafts = torch.multinomial(q, N, replacement=True, generator=g).T  # (N, K-1)
+    drafts = torch.multinomial(q, N, replacement=True, generator=g).T  # (N, K-1): any correct draw will do here
 
     # The verify pass, once per distinct draft: AR distributions at block indices 0 … K-1.
     distinct, which = torch.unique(drafts, dim=0, return_inverse=True)  # (U, K-1), (N,)
     ids = torch.cat([torch.tensor(CONTEXT).expand(len(distinct), -1), distinct], dim=1)  # (U, len+K-1)
     p = warp_probs(model(ids, logits_to_keep=K), sampling)[which]  # (N, K, V)
 
-    n, next_token = rule(drafts, q.expand(N, -1, -1), p, g)  # (N,), (N,)
+    u_accept = torch.rand(N, K - 1, generator=g, dtype=torch.float64)  # (N, K-1)
+    u_token = torch.rand(N, K, generator=g, dtype=torch.float64)  # (N, K)
+    n, next_token = rule(drafts, q.expand(N, -1, -1), p, u_accept, u_token)  # (N,), (N,)
     committed = F.pad(drafts, (0, 1)).scatter(1, n[:, None], next_token[:, None])  # (N, K): d_1 … d_n, next, …
     _, p2, p3 = ar_conditionals(model, CONTEXT, sampling)
     t1 = committed[:, 0]
-    t2 = torch.where(n >= 1, committed[:, 1], sample_from(p2[t1], g))
-    t3 = torch.where(n >= 2, committed[:, 2], sample_from(p3[t1, t2], g))
+    t2 = torch.where(n >= 1, committed[:, 1], torch.multinomial(p2[t1], 1, generator=g)[:, 0])
+    t3 = torch.where(n >= 2, committed[:, 2], torch.multinomial(p3[t1, t2], 1, generator=g)[:, 0])
     return torch.bincount((t1 * V + t2) * V + t3, minlength=V**3).view(V, V, V)
 
 
 def broken_rule(accept_prob, residual):
     """speculative_accept with its acceptance probability or its rejection distribution replaced."""
 
-    def rule(drafts, q, p, g):  # shapes as speculative_accept's, with or without the batch dimension
+    def rule(drafts, q, p, u_accept, u_token):  # shapes and uniforms as speculative_accept's
         d = drafts[..., None]
-        p_d, q_d = p[..., :-1, :].gather(-1, d)[..., 0], q.gather(-1, d)[..., 0]  # (…, K-1)
-        u = torch.rand(q_d.shape, generator=g)
-        n = (u < accept_prob(p_d, q_d)).long().cumprod(-1).sum(-1)  # (…,)
-        at = n[..., None, None].expand(*n.shape, 1, V)
-        p_next, q_next = p.gather(-2, at)[..., 0, :], F.pad(q, (0, 0, 0, 1)).gather(-2, at)[..., 0, :]  # (…, V)
-        dist = residual(p_next, q_next)
-        return n, sample_from(dist / dist.sum(-1, keepdim=True), g)
+        p_d, q_d = p[:, :-1].gather(-1, d)[..., 0], q.gather(-1, d)[..., 0]  # (B, K-1)
+        n = (u_accept < accept_prob(p_d, q_d)).long().cumprod(-1).sum(-1)  # (B,)
+        at = n[:, None, None].expand(-1, 1, V)
+        p_next, q_next = p.gather(1, at)[:, 0], F.pad(q, (0, 0, 0, 1)).gather(1, at)[:, 0]  # (B, V)
+        return n, sample_from(residual(p_next, q_next), u_token.gather(1, n[:, None])[:, 0])
 
     return rule
 
@@ -159,8 +160,8 @@ def test_drafts_are_often_but_not_always_accepted():
     model, sampling = tiny_vocab_model(), SETTINGS["T1.0"]
     seen = []
 
-    def recording_rule(drafts, q, p, g):
-        n, next_token = speculative_accept(drafts, q, p, g)
+    def recording_rule(drafts, q, p, u_accept, u_token):
+        n, next_token = speculative_accept(drafts, q, p, u_accept, u_token)
         seen.append(n)
         return n, next_token
 
@@ -173,22 +174,20 @@ def test_drafts_are_often_but_not_always_accepted():
 
 
 def decoder_counts(model, sampling: SamplingParams, num_samples: int) -> torch.Tensor:
-    """Counts (V, V, V) of the three tokens generate_orthrus samples after CONTEXT, one decode per seed."""
-    counts = torch.zeros(V, V, V, dtype=torch.long)
-    for seed in range(num_samples):
-        params = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, seed=seed)
-        t1, t2, t3 = generate_orthrus(model, CONTEXT, 3, params, block_size=3, ignore_eos=True).tokens
-        counts[t1, t2, t3] += 1
-    return counts
+    """Counts (V, V, V) of the three tokens generate_orthrus samples after CONTEXT: one batch, one seed per row."""
+    out = generate_orthrus(model, [CONTEXT] * num_samples, 3, sampling, block_size=3, ignore_eos=True,
+                           seeds=range(num_samples))
+    t = torch.tensor([g.tokens for g in out])  # (N, 3)
+    return torch.bincount((t[:, 0] * V + t[:, 1]) * V + t[:, 2], minlength=V**3).view(V, V, V)
 
 
 def test_generate_orthrus_samples_like_ar(monkeypatch):
     model, sampling = tiny_vocab_model(), SamplingParams(temperature=0.7, top_k=4)
     probs = exact_ar_joint(model, CONTEXT, sampling)
-    assert looks_like_ar(decoder_counts(model, sampling, 2000), probs)
+    assert looks_like_ar(decoder_counts(model, sampling, 20_000), probs)
 
     monkeypatch.setattr(consensus, "speculative_accept", BROKEN_RULES["always-accept"])
-    assert not looks_like_ar(decoder_counts(model, sampling, 500), probs)
+    assert not looks_like_ar(decoder_counts(model, sampling, 2_000), probs)
 
 
 if __name__ == "__main__":  # the numbers behind the tests

@@ -34,7 +34,8 @@ def test_training_block_logits_equal_the_draft_pass(block_size, offset, seq_len)
     ids = torch.randint(0, 59, (2, seq_len), generator=torch.Generator().manual_seed(offset))
     with torch.no_grad():
         teacher, student, starts = dual_forward(model, ids, block_size, offset)
-        assert torch.equal(teacher, model(ids))
+        reference = model(ids)  # the AR view alone, without a cache
+        assert ((teacher - reference).abs().max() / reference.abs().max()).item() <= 1e-5
         assert len(starts) == (seq_len - offset) // block_size
         for j, s in enumerate(starts.tolist()):
             cache = model.new_cache(seq_len + block_size, batch_size=2)

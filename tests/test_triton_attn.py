@@ -163,8 +163,9 @@ def test_model_logits_triton_equal_torch():
         caches[backend] = cache
     for (view, T), a, b in zip(steps, logits["torch"], logits["triton"]):
         assert max_err(a, b) <= TOL, f"{view} step of {T} tokens"
-    assert caches["triton"].length == caches["torch"].length == 20 + 5 + 70 + 3
-    assert max_err(caches["triton"].k, caches["torch"].k) <= TOL
+    assert caches["triton"].lengths.tolist() == caches["torch"].lengths.tolist() == [20 + 5 + 70 + 3] * 2
+    for k_triton, k_torch in zip(caches["triton"].k, caches["torch"].k):
+        assert max_err(k_triton[:, :, :98], k_torch[:, :, :98]) <= TOL
 
 
 # --------------------------------------------------------------------------- wrapper errors
@@ -239,16 +240,19 @@ def test_cpu_without_interpreter_says_how_to_enable_it(monkeypatch):
 
 
 def test_kvcache_views_are_what_the_kernel_reads():
-    """The layout contract with kvcache.py: a layer's k, v as `KVCache.write` returns them go to the kernel as they are."""
-    cache = KVCache(2, 1, 2, 40, 16, device=DEVICE)  # (layers, B, Hkv, capacity, D)
-    _, k_prefix, v_prefix = make_qkv(1, 4, 2, 6, 6, 16, seed=1)
+    """The layout contract with kvcache.py: a layer's k, v as `KVCache.write` returns them (the whole layer,
+    rows of different lengths) go to the kernel as they are, with the cache's lengths."""
+    cache = KVCache(2, 2, 2, 40, 16, device=DEVICE)  # 2 layers, B = 2, Hkv = 2, capacity 40, D = 16
+    _, k_prefix, v_prefix = make_qkv(2, 4, 2, 9, 9, 16, seed=1)
     cache.write(1, k_prefix, v_prefix)
-    cache.advance(6)  # an AR forward kept 6 tokens
-    q, k_block, v_block = make_qkv(1, 4, 2, 4, 4, 16, seed=2)
-    k, v = cache.write(1, k_block, v_block)  # (1, 2, 10, 16) strided views of the cache
-    assert k.shape == (1, 2, 10, 16) and not k.is_contiguous()
+    cache.advance(9)  # an AR forward kept 9 tokens in both rows ...
+    cache.rollback(torch.tensor([6, 9], device=DEVICE))  # ... and row 0 rolled back to 6
+    q, k_block, v_block = make_qkv(2, 4, 2, 4, 4, 16, seed=2)
+    k, v = cache.write(1, k_block, v_block)  # (2, 2, 40, 16): the whole layer
+    assert k.shape == (2, 2, 40, 16) and k.data_ptr() == cache.k[1].data_ptr()
     for causal in (True, False):
-        assert max_err(block_attention(q, k, v, causal), reference_block_attention(q, k, v, causal)) <= TOL
+        got = block_attention(q, k, v, causal, lengths=cache.lengths)
+        assert max_err(got, reference_block_attention(q, k, v, causal, lengths=cache.lengths)) <= TOL
 
 
 # --------------------------------------------------------------------------- benchmark

@@ -1,0 +1,280 @@
+"""The decode engine shared by AR and Orthrus decoding: a batch of prompts, one loop, one host sync per step.
+
+Both decoders are a *step* — one fixed-shape iteration over every row of the batch, written with
+tensors only — driven by `decode`, the one loop:
+
+    prompts -> Batch (checked)  -> one cache, (B, capacity)
+            -> prefill          one forward over the right-padded prompts; each row keeps its own length
+            -> step, step, …    each returns every row's run of new tokens; the host reads them (the one
+                                sync per step), streams them, and stops when every row is done
+
+Per row: its own cache length, positions, token budget and EOS. A row that has finished keeps
+computing with the others (its results are thrown away and its cache length stays put) rather
+than being removed from the batch: removing it would change the batch shape, and fixed shapes
+are what let a compiled step run without recompiling (and, on a GPU, as one CUDA graph). With
+batches of a few rows the wasted work is small; a serving engine with many requests would refill
+the finished row with a new request instead.
+
+`compiled(step, mode)` is the one place that calls torch.compile: each step is captured whole
+(fullgraph), once per (batch, block, capacity) shape — capacities are rounded up to a multiple of
+CAPACITY_BUCKET so that prompts of similar length share one compiled graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import OrthrusError
+from .kvcache import KVCache
+from .model import Qwen3ForCausalLM
+from .sampling import SamplingParams, pick_tokens
+
+TokenCallback = Callable[[int, list[int]], None]  # on_tokens(row, new tokens of that row)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CAPACITY_BUCKET = 256  # compiled decoding: cache capacities are multiples of this (fewer shapes, fewer compiles)
+
+
+@dataclass
+class Generation:
+    """What a decoder produced for one prompt: new token ids (prompt excluded) and how it got there."""
+
+    tokens: list[int]
+    finish_reason: str  # "eos" or "length"
+    num_forwards: int = 0  # model forwards after the prefill while this row was decoding (AR: 1 per step; Orthrus: 2)
+    prefill_s: float = 0.0  # time to first token
+    decode_s: float = 0.0  # everything after the first token, until this row finished
+    accepted: list[int] = field(default_factory=list)  # Orthrus: tokens committed per iteration (τ samples)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens over total wall-clock time (prefill included)."""
+        total = self.prefill_s + self.decode_s
+        return len(self.tokens) / total if total > 0 else float("inf")
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Tokens committed per model forward after the prefill (AR: about 1)."""
+        return (len(self.tokens) - 1) / self.num_forwards if self.num_forwards else 0.0
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class Batch:
+    """Checked requests: one prompt, token budget and seed per row."""
+
+    prompts: list[list[int]]
+    max_new_tokens: list[int]
+    single: bool  # the caller passed one prompt (and gets one Generation back)
+
+
+def is_single_prompt(prompts) -> bool:
+    """True for one prompt (a sequence of ints or a 1-D tensor), False for a batch of them."""
+    if isinstance(prompts, torch.Tensor):
+        return prompts.dim() == 1
+    return len(prompts) == 0 or not isinstance(prompts[0], (Sequence, torch.Tensor)) or isinstance(prompts[0], str)
+
+
+def make_batch(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence[int], extra_slots: int = 0) -> Batch:
+    """Checks a prompt (list of ids) or a batch of them, with one token budget or one per row.
+
+    extra_slots: cache slots the decoder needs beyond prompt + new tokens (Orthrus: one block).
+    Raises a one-line OrthrusError naming the row for an empty prompt or batch, a bad token id,
+    a budget < 1, or a request beyond the model's context.
+    """
+    single = is_single_prompt(prompts)
+    rows = [prompts] if single else list(prompts)
+    if not rows:
+        raise OrthrusError("the batch is empty: give at least one prompt")
+    budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(rows):
+        raise OrthrusError(f"max_new_tokens has {len(budgets)} entries for {len(rows)} prompts")
+    V, limit = model.config.vocab_size, model.config.max_position_embeddings
+    checked = []
+    for b, (prompt, budget) in enumerate(zip(rows, budgets)):
+        where = "" if single else f"prompt {b}: "
+        ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
+        if not ids:
+            raise OrthrusError(f"{where}the prompt is empty: give at least one token")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise OrthrusError(f"{where}token ids must be ints, got {type(next(t for t in ids if not isinstance(t, int) or isinstance(t, bool))).__name__}")
+        bad = next((t for t in ids if not 0 <= t < V), None)
+        if bad is not None:
+            raise OrthrusError(f"{where}token id {bad} is outside the model's vocabulary (0 … {V - 1})")
+        if not isinstance(budget, int) or budget < 1:
+            raise OrthrusError(f"{where}max_new_tokens must be an int >= 1, got {budget!r}")
+        if len(ids) + budget + extra_slots > limit:
+            raise OrthrusError(f"{where}prompt ({len(ids)} tokens) + max_new_tokens ({budget})"
+                               f"{f' + one block ({extra_slots})' if extra_slots else ''} exceeds the model's context of {limit} tokens")
+        checked.append(ids)
+    return Batch(checked, budgets, single)
+
+
+def eos_tensor(model: Qwen3ForCausalLM, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> torch.Tensor:
+    """(E,) the ids that end a row: the argument if given, else the config's `eos_token_id`; none with ignore_eos."""
+    if ignore_eos:
+        ids = []
+    elif eos_token_id is None:
+        ids = list(model.config.eos_token_id)
+    else:
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=model.device)
+
+
+# --------------------------------------------------------------------------- state on the device
+
+
+@dataclass
+class DecodeState:
+    """Every row's decoding state, as tensors on the model's device (the cache holds the lengths)."""
+
+    x_p: torch.Tensor  # (B,) the newest token: emitted, not yet in the cache (it is at position L_b)
+    remaining: torch.Tensor  # (B,) tokens the row may still emit
+    done: torch.Tensor  # (B,) bool: the row emitted EOS or used its budget
+    seeds: torch.Tensor  # (B,) the seed of each row's random stream
+
+
+def commit(cache: KVCache, state: DecodeState, p: torch.Tensor, run: torch.Tensor, run_len: torch.Tensor,
+           eos: torch.Tensor) -> torch.Tensor:
+    """Keeps each row's run of new tokens, cut at its first EOS and at its budget; returns the kept lengths (B,).
+
+    p (B,): each row's cache length before the step; run (B, R): new tokens, of which the first
+    run_len (B,) are valid. A finished row keeps nothing. The cache is rolled back to p + kept
+    (the last kept token is the new x_p, outside the cache), and the state is updated.
+    """
+    R = run.shape[1]
+    index = torch.arange(R, device=run.device)  # (R,)
+    is_eos = (run[:, :, None] == eos).any(-1) & (index < run_len[:, None])  # (B, R)
+    upto_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, run_len)  # (B,): through the first EOS
+    kept = torch.minimum(upto_eos, state.remaining).masked_fill(state.done, 0)  # (B,)
+    cache.rollback(p + kept)
+    last = run.gather(1, (kept - 1).clamp_min(0)[:, None])[:, 0]  # (B,): the run's last kept token
+    state.x_p.copy_(torch.where(kept > 0, last, state.x_p))
+    state.remaining.sub_(kept)
+    state.done.logical_or_((kept > 0) & (last[:, None] == eos).any(-1) | (state.remaining == 0))
+    return kept
+
+
+# --------------------------------------------------------------------------- compiled steps
+
+
+@functools.cache
+def compiled(step: Callable, mode: str) -> Callable:
+    """`step` compiled whole (fullgraph, static shapes) with torch.compile `mode`; weights frozen as constants."""
+    if mode not in COMPILE_MODES:
+        raise OrthrusError(f"compile mode {mode!r} is unknown; choose one of {COMPILE_MODES}")
+    # `freezing` folds the (frozen) weights into the graph as constants, so inductor may pre-pack them.
+    options = {**torch._inductor.list_mode_options(mode), "freezing": True}
+    # Every (model, batch, block, capacity, greedy-or-sampled) combination is its own graph: allow many
+    # more than dynamo's default of 8 per function, past which it would silently run the step eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    return torch.compile(step, fullgraph=True, dynamic=False, options=options)
+
+
+def cache_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
+    """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
+    need = max(len(p) + n for p, n in zip(batch.prompts, batch.max_new_tokens)) + extra_slots
+    if compile_mode is None:
+        return need
+    return min(-(-need // CAPACITY_BUCKET) * CAPACITY_BUCKET, max(need, limit))
+
+
+def static_inputs(mode: str | None, *tensors: torch.Tensor) -> None:
+    """With CUDA graphs, marks tensors that a step updates in place (cache, state) as fixed addresses."""
+    if mode is not None and "triton.cudagraphs" in torch._inductor.list_mode_options(mode):
+        for t in tensors:
+            torch._dynamo.mark_static_address(t)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def to_host(*tensors: torch.Tensor) -> list[list[int]]:
+    """Rows of several (B, n_i) integer tensors, concatenated and copied to the host at once: one sync."""
+    return torch.cat([t.long().view(t.shape[0], -1) for t in tensors], dim=1).tolist()
+
+
+def prefill(model: Qwen3ForCausalLM, cache: KVCache, batch: Batch, sampling: SamplingParams,
+            seeds: torch.Tensor) -> torch.Tensor:
+    """Runs the right-padded prompts through the AR view; returns each row's first new token (B,).
+
+    Each row keeps its own prompt in the cache (length P_b); the padding's entries lie past it, hidden.
+    """
+    device = model.device
+    lengths = torch.tensor([len(p) for p in batch.prompts], device=device)  # (B,)
+    width = max(len(p) for p in batch.prompts)
+    ids = torch.tensor([p + [0] * (width - len(p)) for p in batch.prompts], device=device)  # (B, P_max), right-padded
+    logits = model(ids, cache, logits_to_keep=lengths - 1)  # (B, 1, V): at each row's last prompt token
+    cache.rollback(lengths)
+    return pick_tokens(logits, sampling, seeds, lengths[:, None])[:, 0]  # (B,): the tokens at positions P_b
+
+
+def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dict, *, sampling: SamplingParams,
+           eos: torch.Tensor, extra_slots: int, forwards_per_step: int, on_tokens: TokenCallback | None,
+           compile_mode: str | None, seeds: Sequence[int] | None = None, record_runs: bool = False,
+           check: Callable | None = None) -> list[Generation]:
+    """The loop: prefill, then one `step` after another until every row is done; one Generation per row.
+
+    step(model, cache, state, **step_args) -> (run (B, R), kept (B,), *extra): one iteration for the
+    whole batch, on the device; it ends with `commit`, so the first kept[b] tokens of run[b] are
+    row b's new tokens. record_runs: note each step's kept length (Orthrus's acceptance lengths).
+    check(cache, rows, out) runs after every step on the host copy of the step's outputs (check=True).
+    """
+    B, device = len(batch.prompts), model.device
+    cache = model.new_cache(cache_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode), B)
+    seed_rows = sampling.row_seeds(B, device) if seeds is None else torch.tensor(list(seeds), dtype=torch.long, device=device)
+    if seed_rows.shape != (B,):
+        raise OrthrusError(f"seeds has {seed_rows.numel()} entries for {B} prompts")
+    if compile_mode is not None:
+        step = compiled(step, compile_mode)
+
+    t0 = time.perf_counter()
+    first = prefill(model, cache, batch, sampling, seed_rows)  # (B,)
+    budgets = torch.tensor(batch.max_new_tokens, device=device)  # (B,)
+    state = DecodeState(first, budgets - 1, (first[:, None] == eos).any(-1) | (budgets == 1), seed_rows)
+    static_inputs(compile_mode, *cache.k, *cache.v, cache.lengths, *vars(state).values())
+    host = to_host(first[:, None], state.done[:, None])
+    t1 = time.perf_counter()
+    out = [Generation([row[0]], "length", prefill_s=t1 - t0) for row in host]
+    done = [bool(row[1]) for row in host]
+    if on_tokens:
+        for b in range(B):
+            on_tokens(b, out[b].tokens[:])
+    while not all(done):
+        run, kept, *extra = step(model, cache, state, **step_args)
+        rows = to_host(run, kept[:, None], state.done[:, None], *extra)  # the one host sync of the step
+        R = run.shape[1]
+        for b, row in enumerate(rows):
+            if done[b]:
+                continue
+            new = row[: row[R]]
+            out[b].tokens += new
+            out[b].num_forwards += forwards_per_step
+            if record_runs:
+                out[b].accepted.append(len(new))
+            if on_tokens:
+                on_tokens(b, new)
+            if row[R + 1]:
+                done[b] = True
+                out[b].decode_s = time.perf_counter() - t1
+        if check is not None:
+            check(cache, rows, batch, out)
+    stops = set(eos.tolist())
+    for g in out:
+        g.finish_reason = "eos" if g.tokens[-1] in stops else "length"
+    return out
+
+
+def result(batch: Batch, generations: list[Generation]) -> Generation | list[Generation]:
+    """One Generation for a single prompt, the list for a batch."""
+    return generations[0] if batch.single else generations
+
+
+__all__ = ["Generation", "Batch", "make_batch", "eos_tensor", "DecodeState", "commit", "compiled", "decode", "result",
+           "COMPILE_MODES", "TokenCallback"]

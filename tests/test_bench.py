@@ -316,8 +316,10 @@ def test_unwritable_out_folder_simulated(tmp_path, no_model_loads, capsys, monke
 
 def test_module_entry_point_reports_one_line(tmp_path):
     """`python -m orthrus_min.bench` (the real __main__) exits 2 with one error line; no traceback."""
+    root = str(BENCH_DIR.parent.parent)  # this checkout, whatever orthrus_min is installed
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "orthrus_min.bench", "ar", "--repeats", "0"], cwd=tmp_path,
-                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "error: argument --repeats: expected an integer >= 1, got '0'\n"
 

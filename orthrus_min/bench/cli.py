@@ -27,6 +27,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, except that a usage mistake raises OrthrusError (one line `error: …`, exit 2) instead of printing usage."""
 
     def error(self, message: str):
+        """Called by argparse with what was wrong with the command line."""
         raise OrthrusError(message)
 
 

@@ -1,0 +1,7 @@
+"""`python -m orthrus_min.bench <command>`: see cli.py (commands: all, orthrus, ar, forward, random-model, attn)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,297 @@
+"""The command line of the benchmarks: flags, the checks that run before any work, and dispatch.
+
+    python -m orthrus_min.bench <command> [flags]     # commands: all, orthrus, ar, forward, random-model, attn
+    python -m orthrus_min.bench <command> --help      # every flag, with its default
+
+Conventions (shared with generate and train): every flag has help text that states its default
+once, as "(default: …)"; flags that change with --smoke say both. Every user mistake — a bad
+flag value, an output path that cannot be written, a bad model or prompt file — prints one line
+`error: …` on stderr and exits with status 2, before any model is loaded where it can be
+checked that early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import OrthrusError
+from .common import check_writable_file, check_writable_folder, write_json, write_text
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+MODEL_COMMANDS = ("all", "orthrus", "ar", "forward")  # run a model and write OUT/bench_<command>.{json,md}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake raises OrthrusError (one line `error: …`, exit 2) instead of printing usage."""
+
+    def error(self, message: str):
+        """Called by argparse with what was wrong with the command line."""
+        raise OrthrusError(message)
+
+
+# --------------------------------------------------------------------------- value types
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def int_list(minimum: int):
+    """A type: '4,8,16' -> [4, 8, 16], each >= minimum, at least one."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+def layout_list(text: str) -> list[str]:
+    """'Qwen3-1.7B,Qwen3-8B' -> the names, each one of attn.LAYOUTS."""
+    from .attn import LAYOUTS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [name for name in names if name not in LAYOUTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown layout {', '.join(unknown) or repr(text)}; choose from {', '.join(LAYOUTS)}")
+    return names
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def add_model_args(sp: argparse.ArgumentParser, command: str, repeats_help: str, repeats_default: int | None) -> None:
+    """Flags of every command that runs a model: which model, where, how, and where the results go."""
+    from ..model import DEFAULT_MODEL
+
+    sp.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub id (default: the shipped model)")
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default: auto)")
+    sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto: bfloat16 on CUDA, float32 on CPU "
+                                                    "(default: auto)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile our model's forward (compile time is paid in the "
+                                                          "warm-up runs)")
+    sp.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                    help="torch.compile mode for --compile and --compile-transformers; reduce-overhead: CUDA graphs, one per "
+                         "shape (default: default)")
+    sp.add_argument("--compile-transformers", action="store_true",
+                    help="also torch.compile the Transformers reference's forward (without it the reference runs eager)")
+    sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
+    sp.add_argument("--repeats", type=positive_int, default=repeats_default, help=repeats_help)
+    sp.add_argument("--out", type=Path, default=Path("bench-results"),
+                    help=f"folder for bench_{command}.md, .json" + (" and .png" if command in ("all", "orthrus") else "")
+                         + " (default: bench-results)")
+    sp.add_argument("--json", type=Path, default=None, help=f"write the result as JSON here instead (default: OUT/bench_{command}.json)")
+
+
+def add_decode_args(sp: argparse.ArgumentParser) -> None:
+    """Flags of `orthrus` and `all`."""
+    sp.add_argument("--prompts", type=Path, help="JSONL prompt file, format above (default: heldout_prompts.jsonl of the model, "
+                                                  "else of the shipped model's)")
+    sp.add_argument("--max-prompts", type=positive_int, default=None, help="use only the first N prompts (default: all; with "
+                                                                           "--smoke: 1)")
+    sp.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens generated per run (default: 128; with "
+                                                                              "--smoke: 8)")
+    sp.add_argument("--block-size", type=positive_int, default=None, help="K of the main table and the context sweep (default: "
+                                                                          "the checkpoint's block_size)")
+    sp.add_argument("--temperature", type=nonnegative_float, default=0.7, help="temperature of the sampled rows (default: 0.7)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sampled rows, the same for every repeat (default: 0)")
+    sp.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (without it EOS is ignored, so every run decodes "
+                                                              "--max-new-tokens tokens)")
+    sp.add_argument("--attn", default="auto", choices=("auto", "torch", "triton"),
+                    help="our attention backend; auto: triton on CUDA (default: auto)")
+    sp.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed runs of every method before each table and each "
+                                                                      "sweep point (default: 1)")
+    sp.add_argument("--block-sizes", type=int_list(1), default=None, help="block-size sweep, clipped to the checkpoint's block_size "
+                                                                          "(default: 4,8,16,32; with --smoke: 4,8)")
+    sp.add_argument("--sweep-prompts", type=positive_int, default=None, help="prompts in the block-size sweep (default: all; with "
+                                                                             "--smoke: 1)")
+    sp.add_argument("--context-lengths", type=int_list(1), default=None,
+                    help="context-length sweep, prompt tokens (default: 128,512,1024,2048,… up to what the model allows; "
+                         "with --smoke: 32,64)")
+    sp.add_argument("--context-prompts", type=positive_int, default=None, help="prompts per context length (default: 4; with "
+                                                                               "--smoke: 1)")
+    sp.add_argument("--smoke", action="store_true", help="seconds: 1 prompt, 8 tokens, 1 repeat, tiny sweeps (for tests)")
+
+
+def add_forward_args(sp: argparse.ArgumentParser) -> None:
+    """Flags of the per-forward latency table (`forward` and `all`)."""
+    sp.add_argument("--lengths", type=int_list(0), default=None, help="cache lengths L, clipped to the context (default: "
+                                                                      "128,1024,4096,16384; with --smoke: 16,64)")
+    sp.add_argument("--tokens", type=int_list(1), default=None, help="tokens per forward T; 1 is always added (default: "
+                                                                     "1,4,8,16,32 and the block size; with --smoke: 1,8)")
+    sp.add_argument("--iters", type=positive_int, default=None, help="timed forwards per cell, median reported (default: 20; "
+                                                                     "with --smoke: 3)")
+    sp.add_argument("--copy-mib", type=positive_int, default=None, help="MiB copied to measure memory bandwidth (default: 1024 on "
+                                                                        "CUDA, 256 on CPU; with --smoke: 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m orthrus_min.bench`, one sub-command per benchmark."""
+    from . import __doc__ as package_doc
+    from . import prompts
+    from .attn import LAYOUTS
+    from .random_model import PRESETS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = Parser(prog="python -m orthrus_min.bench", description=package_doc, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="command", parser_class=Parser)
+    repeats_smoke = "timed rounds after the warm-up; the median is reported (default: 5; with --smoke: 1)"
+
+    help_ = "our AR decode vs Transformers generate on a random prompt: tokens/s and ratio"
+    ar = sub.add_parser("ar", help=help_, description=help_, formatter_class=fmt)
+    add_model_args(ar, "ar", "timed rounds after the warm-up; the median is reported (default: 5)", 5)
+    ar.add_argument("--prompt-len", type=positive_int, default=32, help="prompt length in tokens, random ids (default: 32)")
+    ar.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens generated per run, EOS ignored (default: 128)")
+
+    prompt_format = prompts.__doc__[prompts.__doc__.index("Prompt files"):]
+    for name, help_ in (("orthrus", "our AR vs Orthrus greedy and sampled, per prompt, plus block-size and context sweeps"),
+                        ("all", "orthrus + Transformers generate + the per-forward latency table: the whole report")):
+        sp = sub.add_parser(name, help=help_, description=f"{help_}.\n\n{prompt_format}", formatter_class=fmt)
+        add_model_args(sp, name, repeats_smoke, None)
+        add_decode_args(sp)
+        if name == "all":
+            add_forward_args(sp)
+
+    help_ = "latency of one forward of T tokens over a cache of L (T=1 vs 32) and AR decode vs the memory-bandwidth roofline"
+    fw = sub.add_parser("forward", help=help_, description=help_, formatter_class=fmt)
+    add_model_args(fw, "forward", repeats_smoke, None)
+    add_forward_args(fw)
+    fw.add_argument("--prompt-len", type=positive_int, default=None, help="random prompt tokens for the decode timing (default: "
+                                                                          "128; with --smoke: 8)")
+    fw.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens decoded per run (default: 128; with "
+                                                                              "--smoke: 8)")
+    fw.add_argument("--no-transformers", action="store_true", help="skip Transformers generate in the decode timing")
+    fw.add_argument("--attn", default="auto", choices=("auto", "torch", "triton"),
+                    help="our attention backend; auto: triton on CUDA (default: auto)")
+    fw.add_argument("--smoke", action="store_true", help="seconds: tiny lengths, few iterations (for tests)")
+
+    help_ = "write a random Qwen3 checkpoint of a preset shape (to benchmark on)"
+    rm = sub.add_parser("random-model", help=help_, description=help_, formatter_class=fmt)
+    rm.add_argument("--preset", choices=list(PRESETS), default="small", help="the model's shape (default: small)")
+    rm.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    rm.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    rm.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+    from .attn import __doc__ as attn_doc
+
+    help_ = "the Triton block-attention kernel vs SDPA and flex_attention (CUDA only)"
+    at = sub.add_parser("attn", help=help_, description=attn_doc, formatter_class=fmt)
+    at.add_argument("--lengths", type=int_list(1), default=[1024, 4096, 16384, 32768],
+                    help="cached prefix lengths L, comma-separated (default: 1024,4096,16384,32768)")
+    at.add_argument("--block", type=positive_int, default=32, help="K: queries per block (default: 32, the paper's)")
+    at.add_argument("--batch", type=positive_int, default=1, help="B: sequences per call (default: 1)")
+    at.add_argument("--layouts", type=layout_list, default=list(LAYOUTS),
+                    help=f"head layouts, comma-separated, from {', '.join(LAYOUTS)} (default: all of them)")
+    at.add_argument("--iters", type=positive_int, default=50, help="timed calls per cell, after at least 10 warm-up calls and "
+                                                                   "0.1 s (default: 50)")
+    at.add_argument("--sweep", action="store_true",
+                    help="instead of the comparison, time 54 launch configurations of our kernel per cell and print the fastest "
+                         "next to the one `choose_config` picks (a tuning aid; minutes of compiling)")
+    return p
+
+
+# --------------------------------------------------------------------------- running a command
+
+
+def check_outputs(args) -> None:
+    """Proves every output path can be written (creating OUT), before any model is loaded; fills in the default --json."""
+    check_writable_folder(args.out, "--out")
+    if args.command in MODEL_COMMANDS:
+        args.json = args.json or args.out / f"bench_{args.command}.json"
+        check_writable_file(args.json, "--json")
+
+
+def run_benchmark(args) -> tuple[dict, str]:
+    """Runs the model command `args.command` -> (result for the JSON, Markdown report)."""
+    if args.command == "ar":
+        from .ar import bench_ar
+
+        return bench_ar(args)
+    if args.command == "forward":
+        from .forward import bench_forward
+
+        return bench_forward(args)
+    from .decode import bench_decode
+
+    return bench_decode(args)
+
+
+def finish(args, result: dict, report: str) -> None:
+    """Prints the report, writes it to OUT/bench_<command>.md and the result to the JSON file, and says where."""
+    md = args.out / f"bench_{args.command}.md"
+    result["files"] = {"json": str(args.json), "markdown": str(md), **result.get("files", {})}
+    print(report, end="")
+    write_text(report, md)
+    write_json(result, args.json)
+    written = [str(path) for path in result["files"].values() if path]
+    print(f"\nwrote {', '.join(written[:-1])} and {written[-1]}")
+
+
+def run(args) -> int:
+    """Runs a parsed command line; OrthrusError for any user mistake."""
+    import torch
+
+    if args.command == "attn":
+        from .attn import bench_attn
+
+        bench_attn(args)
+        return 0
+    check_outputs(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.command == "random-model":
+        from .random_model import run_random_model
+
+        return run_random_model(args)
+    result, report = run_benchmark(args)
+    finish(args, result, report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m orthrus_min.bench`: returns the exit status (2 and one line `error: …` for any user mistake)."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        return run(args)
+    except OrthrusError as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

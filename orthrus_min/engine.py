@@ -116,15 +116,18 @@ def make_batch(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence[
     return Batch(checked, budgets, single)
 
 
-def eos_tensor(model: Qwen3ForCausalLM, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> torch.Tensor:
-    """(E,) the ids that end a row: the argument if given, else the config's `eos_token_id`; none with ignore_eos."""
+def eos_ids(config, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> list[int]:
+    """The ids that end a row: the argument if given, else the config's `eos_token_id`; none with ignore_eos."""
     if ignore_eos:
-        ids = []
-    elif eos_token_id is None:
-        ids = list(model.config.eos_token_id)
-    else:
-        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return torch.tensor(ids, dtype=torch.long, device=model.device)
+        return []
+    if eos_token_id is None:
+        return list(config.eos_token_id)
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
+def eos_tensor(model: Qwen3ForCausalLM, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> torch.Tensor:
+    """(E,) `eos_ids` on the model's device."""
+    return torch.tensor(eos_ids(model.config, eos_token_id, ignore_eos), dtype=torch.long, device=model.device)
 
 
 # --------------------------------------------------------------------------- state on the device
@@ -276,5 +279,5 @@ def result(batch: Batch, generations: list[Generation]) -> Generation | list[Gen
     return generations[0] if batch.single else generations
 
 
-__all__ = ["Generation", "Batch", "make_batch", "eos_tensor", "DecodeState", "commit", "compiled", "decode", "result",
+__all__ = ["Generation", "Batch", "make_batch", "eos_ids", "eos_tensor", "DecodeState", "commit", "compiled", "decode", "result",
            "COMPILE_MODES", "TokenCallback"]

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..ar import Generation, check_request, eos_ids_of
-from ..consensus import ConsensusCheckError, cache_capacity, cut_run, resolve_block_size
+from ..consensus import ConsensusCheckError, cache_capacity, resolve_block_size
+from ..engine import Generation, eos_ids, make_batch
 from ..model import require_diffusion_view
 from .ar import TokenCallback
 from .backend import require_mlx
@@ -97,6 +97,15 @@ def check_run(run: list[int], ar_logits: mx.array, p_probs: mx.array | None) -> 
                                       f"under the AR view's (warped) distribution in the same verify pass")
 
 
+def cut_run(run: list[int], eos: set[int], room: int) -> list[int]:
+    """The part of an accepted run to emit: at most `room` tokens, ending at the first EOS (included)."""
+    run = run[:room]
+    for i, token in enumerate(run):
+        if token in eos:
+            return run[: i + 1]
+    return run
+
+
 def generate_orthrus(model: Qwen3ForCausalLM, prompt_ids: Sequence[int], max_new_tokens: int = 128,
                      sampling: SamplingParams = SamplingParams(), block_size: int | None = None,
                      eos_token_id: int | Sequence[int] | None = None, on_tokens: TokenCallback | None = None,
@@ -111,8 +120,8 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompt_ids: Sequence[int], max_new
     """
     require_diffusion_view(model.config)
     K = resolve_block_size(model.config, block_size)
-    check_request(model, prompt_ids, max_new_tokens, extra_slots=K)
-    eos = set() if ignore_eos else eos_ids_of(model, eos_token_id)
+    prompt_ids = make_batch(model, prompt_ids, max_new_tokens, extra_slots=K).prompts[0]  # checked as on the torch side
+    eos = set(eos_ids(model.config, eos_token_id, ignore_eos))
     seed = None if sampling.greedy else row_seed(sampling)
     P, mask_id = len(prompt_ids), model.config.mask_token_id
     with mx.stream(model.device):

@@ -21,15 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import OrthrusError
-from ..sampling import SamplingParams
+from ..sampling import ACCEPT, DRAFT, MAX_SEED, TOKEN, SamplingParams  # the torch sampler's streams and seed range
 from .backend import require_mlx, wide_float
 
 mx = require_mlx()
-
-# Streams: which decision a uniform number is for (the torch sampler's numbering).
-DRAFT, ACCEPT, TOKEN = 0, 1, 2  # draft d at a position; accept-or-reject it; the AR view's own token there
-MAX_SEED = 2**63 - 1
 
 
 def row_seed(params: SamplingParams) -> int:
@@ -38,9 +33,7 @@ def row_seed(params: SamplingParams) -> int:
         import torch
 
         return int(torch.randint(0, MAX_SEED, ()).item())
-    if not 0 <= params.seed <= MAX_SEED:
-        raise OrthrusError(f"seed must be in 0 … 2**63-1, got {params.seed}")
-    return params.seed
+    return params.seed  # SamplingParams checked its range
 
 
 # --------------------------------------------------------------------------- counter-based uniforms, on the host

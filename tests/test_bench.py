@@ -20,7 +20,8 @@ import torch
 from conftest import TEXT, save_checkpoint
 from orthrus_min.bench import common
 from orthrus_min.bench.cli import build_parser, main
-from orthrus_min.bench.prompts import Prompt, long_prompt, read_prompts
+from orthrus_min.bench.prompts import long_prompt
+from orthrus_min.prompts import Prompt, read_prompt_file
 from orthrus_min.model import init_diffusion_view, load_model, save_model
 from orthrus_min.tokenizer import Tokenizer
 
@@ -428,7 +429,7 @@ def test_long_prompt_ends_with_the_prompt_at_the_exact_length(orthrus_checkpoint
 def test_read_prompts_fields(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "a", "prompt": "x", "chat": true, "enable_thinking": false}\n\n{"prompt": "y"}\n')
-    assert read_prompts(path) == [Prompt("a", "x", True, False), Prompt("p.jsonl:3", "y", False, None)]
+    assert read_prompt_file(path) == [Prompt("a", "x", True, enable_thinking=False), Prompt("p.jsonl:3", "y", False)]
 
 
 # --------------------------------------------------------------------------- the one timer and the one bandwidth probe

@@ -41,7 +41,8 @@ from ..errors import OrthrusError
 from .common import first_mismatch, has_package, machine_info, machine_line, memory_kind, progress
 from .decoders import Decoding, Method, ar_method, compile_mode_of, orthrus_method, prepare_compiled, transformers_method
 from .measure import measure, pool, summarize, warm_up
-from .prompts import Prompt, default_prompts_file, encode_prompt, long_prompt, read_prompts
+from ..prompts import Prompt, encode_prompt, read_prompt_file
+from .prompts import default_prompts_file, long_prompt
 from .reference import MISSING
 
 FULL = dict(max_prompts=None, max_new_tokens=128, repeats=5, block_sizes=[4, 8, 16, 32], sweep_prompts=None,
@@ -227,7 +228,7 @@ def bench_decode(args) -> tuple[dict, str]:
     s = settings_from(args, config)
     fw_settings = forward_settings(args, device, config, s["block_size"]) if args.command == "all" else None
     prompts_file = args.prompts or default_prompts_file(folder)
-    prompts = read_prompts(prompts_file)
+    prompts = read_prompt_file(prompts_file)
     tokenizer = Tokenizer(folder)
     selected, skipped = select_prompts(prompts, tokenizer, s, config.max_position_embeddings)
     use_ref = args.command == "all" and has_package("transformers")

@@ -112,6 +112,10 @@ def test_all_smoke(orthrus_checkpoint, prompts_file, tmp_path, capsys):
     for q in r["context_sweep"]:
         assert q["identical_output"] is True and q["speedup"] > 0 and q["ar_ttft_s"] > 0
         assert q["prompt_tokens"] == [q["context_tokens"]]  # a raw prompt is cut to exactly that length
+    assert [q["batch_size"] for q in r["batch_size_sweep"]] == [1, 2]
+    for q in r["batch_size_sweep"]:  # B rows decoded together: every Orthrus row equals its AR row
+        assert q["orthrus"]["identical_output"] is True and q["ar"]["tokens_per_forward"] == q["batch_size"]
+        assert 1 <= q["orthrus"]["acceptance_mean"] <= 8 and q["orthrus"]["speedup_vs_ar"] > 0
 
     f = r["forward"]
     assert {(row["view"], row["tokens"]) for row in f["latency"]} == {("ar", 1), ("ar", 8), ("diffusion", 8)}

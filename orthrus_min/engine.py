@@ -185,7 +185,7 @@ def compiled(step: Callable, mode: str) -> Callable:
     return run
 
 
-def cache_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
+def batch_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
     """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
     need = max(len(p) + n for p, n in zip(batch.prompts, batch.max_new_tokens)) + extra_slots
     if compile_mode is None:
@@ -266,10 +266,15 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dic
     B, device = len(batch.prompts), model.device
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise OrthrusError(f"compile mode {compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
-    seed_rows = sampling.row_seeds(B, device) if seeds is None else torch.tensor(list(seeds), dtype=torch.long, device=device)
+    if seeds is not None:
+        seed_rows = torch.tensor(list(seeds), dtype=torch.long, device=device)
+    elif sampling.greedy:
+        seed_rows = torch.zeros(B, dtype=torch.long, device=device)  # unused: no random number is drawn (nor taken from torch's RNG)
+    else:
+        seed_rows = sampling.row_seeds(B, device)
     if seed_rows.shape != (B,):
         raise OrthrusError(f"seeds has {seed_rows.numel()} entries for {B} prompts")
-    capacity = cache_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode)
+    capacity = batch_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode)
     cache, state = decode_buffers(model, B, capacity, compile_mode)
     if compile_mode is not None:
         step = compiled(step, compile_mode)

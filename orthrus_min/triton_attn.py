@@ -43,8 +43,9 @@ import triton
 import triton.language as tl
 
 from .errors import OrthrusError
+from .model import MAX_KERNEL_BLOCK
 
-MAX_BLOCK = 64  # the most queries (T) per call; a longer prefill goes through PyTorch (see model.attention)
+MAX_BLOCK = MAX_KERNEL_BLOCK  # the most queries (T) per call (64); a longer prefill goes through PyTorch (see model.forward)
 MIN_KEYS_PER_SPLIT = 64  # flash-decoding: no split gets fewer keys than this (one tile)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

@@ -145,3 +145,48 @@ def test_dry_run_prints_the_plan_and_trains_nothing(setup, capsys):
     assert "24,640 trainable" in text
     assert not (out / "checkpoints").exists() and not (out / "log.jsonl").exists()
     assert any(p.name.startswith("chat.jsonl-") for p in (out / "data").iterdir())  # the data was tokenized and cached
+
+
+def test_epochs_set_the_steps(setup, capsys):
+    assert main(["distill", *small(setup, setup / "planned_epochs"), "--epochs", "3", "--global-batch", "4", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    rows = int(text.split("epoch: ")[1].split(" rows")[0].replace(",", ""))
+    steps = int(text.split("steps: ")[1].split(" ")[0].replace(",", ""))
+    assert steps == -(-3 * rows // 4)  # ceil(3 epochs × rows per epoch / global batch)
+
+
+def test_the_documented_commands_still_parse():
+    """Every training command in the shipped model's card and the README's CPU example still parses (flags kept)."""
+    import re
+    import shlex
+
+    from orthrus_min.model import DEFAULT_MODEL
+
+    card = (DEFAULT_MODEL / "README.md").read_text()
+    readme = (DEFAULT_MODEL.parent.parent.parent / "README.md").read_text()
+    commands = []
+    for text in (card, readme):
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            joined = block.replace("\\\n", " ")
+            for line in joined.splitlines():
+                if "python -m orthrus_min.train " in line:
+                    commands.append(line.split("python -m orthrus_min.train ", 1)[1].replace("$D", "--data a b"))
+    assert len(commands) >= 9
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command.replace("$STD/", "")))
+
+
+def test_progress_writes_a_line_per_interval_when_not_on_a_terminal():
+    import io
+
+    from orthrus_min.train.progress import Progress
+
+    stream = io.StringIO()  # not a TTY: no bar, plain lines
+    bar = Progress(500, 0, "distill", interval=3600, stream=stream)
+    for step in range(1, 501):
+        bar.update(step, loss=0.5, tokens_per_s=1234.0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2  # the first step and the last one, nothing in between
+    assert lines[-1].startswith("distill 500/500 (100%) | loss 0.5000 | 1,234 tokens/s | elapsed ") and "ETA 0s" in lines[-1]
+    assert "\r" not in stream.getvalue()

@@ -122,6 +122,34 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(corpus, uninterrup
     assert max_abs_diff(diffusion_state(out), diffusion_state(uninterrupted[8])) == 0.0
 
 
+def test_activation_checkpointing_changes_no_step(corpus, uninterrupted):
+    root, common = corpus
+    out = root / "checkpointed"
+    assert main(distill_args(root, common, out, 8, save_every=2) + ["--activation-checkpointing"]) == 0
+    assert max_abs_diff(diffusion_state(out), diffusion_state(uninterrupted[8])) == 0.0
+
+
+def test_bfloat16_base_trains_fp32_masters_and_ships_bfloat16(corpus):
+    """--dtype bfloat16 (the default on CUDA): the frozen base in bf16 under autocast, the diffusion view's master
+    weights in fp32 in the checkpoint, the shipped model in bf16, still decoded losslessly."""
+    from safetensors import safe_open
+
+    from orthrus_min.train.checkpoint import latest_checkpoint
+
+    root, common = corpus
+    out = root / "bf16"
+    assert main(distill_args(root, common, out, 3, save_every=3) + ["--dtype", "bfloat16"]) == 0
+    assert all(np.isfinite(r["loss"]) for r in log_records(out)[1:])
+    with safe_open(str(latest_checkpoint(out) / "model.safetensors"), "pt") as f:
+        assert {("_diff" in k, f.get_tensor(k).dtype) for k in f.keys()} == {(False, torch.bfloat16), (True, torch.float32)}
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    model = load_model(out, dtype="bfloat16")
+    t = tokenize_source(resolve_sources([common[1]])[0], Tokenizer(out), 25.0, None, out / "data")
+    prompts = eval_prompts([t.heldout], 3, 12, max_prompt_len=400)
+    generate_orthrus(model, prompts, 16, ignore_eos=True, check=True)  # raises unless every token is the AR view's
+
+
 class Crash(BaseException):
     """A stand-in for SIGKILL: nothing catches it, no cleanup runs."""
 

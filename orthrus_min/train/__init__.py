@@ -43,7 +43,7 @@ from .cli import build_parser, main
 from .corpus import DocArrays
 from .distill import choose_mask_token, freeze_base
 from .evaluate import acceptance_length, eval_prompts, heldout_loss, heldout_prompts
-from .loop import Schedule, optimizer_step
+from .loop import Schedule
 from .objective import TrainingCache, block_starts, distill_loss, dual_forward
 from .packing import RowStream, pack, plan_epoch
 from .pretrain import MODEL_PRESETS, init_weights
@@ -52,7 +52,7 @@ from .regenerate import greedy_continuations, self_distillation_data
 from .sources import corpus_files, is_heldout, random_windows, read_text, split_files, tokenize_files
 
 __all__ = ["main", "build_parser", "MODEL_PRESETS", "dual_forward", "distill_loss", "block_starts", "TrainingCache",
-           "Schedule", "optimizer_step", "acceptance_length", "heldout_loss", "heldout_prompts", "eval_prompts",
+           "Schedule", "acceptance_length", "heldout_loss", "heldout_prompts", "eval_prompts",
            "corpus_files", "split_files", "is_heldout", "read_text", "tokenize_files", "random_windows", "train_tokenizer",
            "SPECIAL_TOKENS", "init_weights", "freeze_base", "choose_mask_token", "greedy_continuations",
            "self_distillation_data", "make_prompts", "copy_tokenizer", "TOKENIZER_FILES", "DocArrays", "RowStream", "pack",

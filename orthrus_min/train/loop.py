@@ -74,14 +74,6 @@ class LoopConfig:
     settings: dict = field(default_factory=dict)  # recorded in every checkpoint
 
 
-def optimizer_step(optimizer, loss: torch.Tensor, params, clip: float) -> None:
-    """One update: gradients of `loss`, clipped to norm `clip`, applied by `optimizer`."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
-
-
 def write_final_model(model, out: Path, tokenizer_dir: Path | None) -> None:
     """config.json, model.safetensors and the tokenizer files in `out`, each replaced atomically."""
     tmp = out / ".final-tmp"
@@ -111,7 +103,6 @@ class Trainer:
         world, G, m = dist.world, config.global_batch, config.micro_batch
         if G % (world * m):
             raise OrthrusError(f"--global-batch {G} is not divisible by world size × --batch-size = {world} × {m}")
-        self.accumulation = G // (world * m)
 
     # ----------------------------------------------------------------- resume
 
@@ -233,4 +224,4 @@ class Trainer:
             log.close()
 
 
-__all__ = ["Schedule", "LoopConfig", "Trainer", "optimizer_step", "write_final_model"]
+__all__ = ["Schedule", "LoopConfig", "Trainer", "write_final_model"]

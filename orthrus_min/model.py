@@ -68,8 +68,11 @@ class Qwen3Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Qwen3Config":
-        """Reads a `config.json` dict; unsupported features raise `OrthrusError` naming the field."""
+        """Reads a `config.json` dict; unsupported features and wrong types raise `OrthrusError` naming the field."""
+        if not isinstance(d, dict):
+            raise OrthrusError(f"config.json: expected a JSON object, got a {type(d).__name__}")
         d = dict(d)
+        check_config_types(d)
         model_type = d.get("model_type")
         if model_type not in ("qwen3", "orthrus"):
             raise OrthrusError(f"config.json: model_type is {model_type!r}; expected 'qwen3' or 'orthrus'")
@@ -132,8 +135,10 @@ class Qwen3Config:
                 d = json.load(f)
         except FileNotFoundError:
             raise OrthrusError(f"{path}: config.json not found") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise OrthrusError(f"{path}: not valid JSON ({e})") from None
+        except OSError as e:
+            raise OrthrusError(f"{path}: cannot read config.json ({e.strerror})") from None
         return cls.from_dict(d)
 
     def to_dict(self) -> dict:
@@ -147,6 +152,39 @@ class Qwen3Config:
         if self.mask_token_id is None:
             d.pop("mask_token_id")
         return d
+
+
+INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "max_position_embeddings", "block_size")  # each >= 1 when present
+FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")  # each > 0 when present
+
+
+def check_config_types(d: dict) -> None:
+    """One-line errors for fields of the wrong type or range (a string where a number belongs, say)."""
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    for name in INT_FIELDS:
+        x = d.get(name)
+        if x is not None and not (is_int(x) and x >= 1):
+            raise OrthrusError(f"config.json: field '{name}' must be an integer >= 1, got {x!r}")
+    for name in FLOAT_FIELDS:
+        x = d.get(name)
+        if x is not None and not (isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0):
+            raise OrthrusError(f"config.json: field '{name}' must be a number > 0, got {x!r}")
+    mask = d.get("mask_token_id")
+    if mask is not None and not (is_int(mask) and mask >= 0):
+        raise OrthrusError(f"config.json: field 'mask_token_id' must be an integer >= 0, got {mask!r}")
+    eos = d.get("eos_token_id")
+    if eos is not None and not (is_int(eos) or (isinstance(eos, list) and all(is_int(e) for e in eos))):
+        raise OrthrusError(f"config.json: field 'eos_token_id' must be an integer or a list of integers, got {eos!r}")
+    if not isinstance(d.get("tie_word_embeddings", False), bool):
+        raise OrthrusError(f"config.json: field 'tie_word_embeddings' must be true or false, got {d['tie_word_embeddings']!r}")
+    for name in ("rope_parameters", "rope_scaling"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise OrthrusError(f"config.json: field '{name}' must be an object, got {d[name]!r}")
+    if d.get("layer_types") is not None and not isinstance(d["layer_types"], list):
+        raise OrthrusError(f"config.json: field 'layer_types' must be a list, got {d['layer_types']!r}")
 
 
 # --------------------------------------------------------------------------- layers
@@ -536,13 +574,15 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto",
-               attn: str | None = None) -> Qwen3ForCausalLM:
+               attn: str | None = None, check_weights: bool = True) -> Qwen3ForCausalLM:
     """Loads a Qwen3 or Orthrus checkpoint (folder or Hub id) for inference.
 
     The model is built on the `meta` device and every tensor is read from the safetensors
     files straight into its parameter (converted to `dtype` on `device`), so no second full
     copy is ever held. Missing, unexpected and mis-shaped tensors are reported by name.
     attn: "torch" or "triton"; None picks triton on CUDA when it is installed, torch otherwise.
+    check_weights: refuse a checkpoint with NaN or infinite weights (one pass over the weights
+    where they were loaded; pass False to skip it).
     """
     from safetensors import safe_open
 
@@ -583,6 +623,12 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
         problems.append("wrong shapes: " + "; ".join(misshaped[:8]))
     if problems:
         raise OrthrusError(f"{folder}: checkpoint does not match config.json — " + " | ".join(problems))
+    if check_weights:
+        broken = [name for name, t in state.items() if not bool(torch.isfinite(t).all())]
+        if broken:
+            raise OrthrusError(f"{folder}: {len(broken)} tensor(s) hold NaN or infinite values ({', '.join(broken[:4])}"
+                               f"{' …' if len(broken) > 4 else ''}): the checkpoint is corrupt or was saved after training "
+                               "diverged (check_weights=False / --no-weight-check loads it anyway)")
     model.load_state_dict(state, strict=False, assign=True)  # names were checked above
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight  # re-tie: assign=True replaced the embedding

@@ -40,6 +40,19 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
         raise OrthrusError(f"chat template failed to render: {e}") from None
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object, with one-line errors for anything else."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OrthrusError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise OrthrusError(f"{path}: cannot read it ({e.strerror})") from None
+    if not isinstance(value, dict):
+        raise OrthrusError(f"{path}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
 class Tokenizer:
     """The checkpoint's tokenizer (`tokenizer.json`) and chat template (`tokenizer_config.json`)."""
 
@@ -55,12 +68,14 @@ class Tokenizer:
         except Exception as e:
             raise OrthrusError(f"{path}: cannot read tokenizer ({e})") from None
         config_path = folder / "tokenizer_config.json"
-        self.config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        self.config = read_json_object(config_path) if config_path.exists() else {}
         template = self.config.get("chat_template")
         if isinstance(template, list):  # several named templates: take the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
         if template is None and (folder / "chat_template.jinja").exists():
-            template = (folder / "chat_template.jinja").read_text()
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+        if template is not None and not isinstance(template, str):
+            raise OrthrusError(f"{config_path}: chat_template must be a string, got {type(template).__name__}")
         self.chat_template: str | None = template
         self.folder = folder
 

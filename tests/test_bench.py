@@ -20,7 +20,8 @@ import torch
 from conftest import TEXT, save_checkpoint
 from orthrus_min.bench import common
 from orthrus_min.bench.cli import build_parser, main
-from orthrus_min.bench.prompts import Prompt, long_prompt, read_prompts
+from orthrus_min.bench.prompts import long_prompt
+from orthrus_min.prompts import Prompt, read_prompt_file
 from orthrus_min.model import init_diffusion_view, load_model, save_model
 from orthrus_min.tokenizer import Tokenizer
 
@@ -111,6 +112,10 @@ def test_all_smoke(orthrus_checkpoint, prompts_file, tmp_path, capsys):
     for q in r["context_sweep"]:
         assert q["identical_output"] is True and q["speedup"] > 0 and q["ar_ttft_s"] > 0
         assert q["prompt_tokens"] == [q["context_tokens"]]  # a raw prompt is cut to exactly that length
+    assert [q["batch_size"] for q in r["batch_size_sweep"]] == [1, 2]
+    for q in r["batch_size_sweep"]:  # B rows decoded together: every Orthrus row equals its AR row
+        assert q["orthrus"]["identical_output"] is True and q["ar"]["tokens_per_forward"] == q["batch_size"]
+        assert 1 <= q["orthrus"]["acceptance_mean"] <= 8 and q["orthrus"]["speedup_vs_ar"] > 0
 
     f = r["forward"]
     assert {(row["view"], row["tokens"]) for row in f["latency"]} == {("ar", 1), ("ar", 8), ("diffusion", 8)}
@@ -428,7 +433,7 @@ def test_long_prompt_ends_with_the_prompt_at_the_exact_length(orthrus_checkpoint
 def test_read_prompts_fields(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": "a", "prompt": "x", "chat": true, "enable_thinking": false}\n\n{"prompt": "y"}\n')
-    assert read_prompts(path) == [Prompt("a", "x", True, False), Prompt("p.jsonl:3", "y", False, None)]
+    assert read_prompt_file(path) == [Prompt("a", "x", True, enable_thinking=False), Prompt("p.jsonl:3", "y", False)]
 
 
 # --------------------------------------------------------------------------- the one timer and the one bandwidth probe

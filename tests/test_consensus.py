@@ -271,16 +271,6 @@ def test_cli_compare_stats_check(checkpoints, capsys):
     assert "[ar] tokens per forward: 1.00" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--block-size", 0), "error: block size must be an int >= 1, got 0"),
-    (("--block-size", 9), "error: block size 9 is larger than the checkpoint's block_size 8"),
-    (("--mode", "ar", "--check"), "error: --check applies to orthrus decoding"),
-], ids=["block-size-0", "block-size-9", "check-in-ar-mode"])
-def test_cli_bad_orthrus_flags(checkpoints, capsys, args, message):
-    code, out, err = cli(capsys, "--model", checkpoints / "orthrus", *args)
-    assert code == 2 and err.startswith(message) and err.count("\n") == 1 and out == ""
-
-
 def test_cli_ar_only_checkpoint_in_orthrus_mode(checkpoints, capsys):
     code, out, err = cli(capsys, "--model", checkpoints / "qwen3", "--mode", "orthrus")
     assert code == 2 and out == "" and err.count("\n") == 1

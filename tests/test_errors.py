@@ -10,7 +10,6 @@ import torch
 
 from orthrus_min.ar import generate_ar
 from orthrus_min.errors import OrthrusError
-from orthrus_min.generate import main
 from orthrus_min.model import Qwen3Config, load_model
 from orthrus_min.sampling import SamplingParams
 
@@ -174,39 +173,3 @@ def test_config_heads_not_multiple():
     with pytest.raises(OrthrusError, match="num_attention_heads=6 is not a multiple of num_key_value_heads=4"):
         Qwen3Config.from_dict(dict(model_type="qwen3", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                    num_attention_heads=6, num_key_value_heads=4))
-
-
-# ---------------------------------------------------------------- the command line
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "/no/such/dir", "--prompt", "x"], "error: /no/such/dir: no such checkpoint folder"),
-    (["--prompt", "x", "--max-new-tokens", "0"], "error: --max-new-tokens must be >= 1, got 0"),
-    (["--prompt", "x", "--temperature", "-1"], "error: temperature must be >= 0"),
-    (["--prompt", "x", "--temperature", "1", "--top-p", "0"], "error: top_p must be in (0, 1]"),
-    (["--prompt", "x", "--top-k", "-3"], "error: top_k must be >= 0"),
-    (["--prompt", ""], "error: the prompt is empty"),
-    (["--prompt", "x", "--dtype", "int3"], "error: dtype 'int3' is unknown"),
-    (["--prompt", "x", "--device", "tpu"], "error: device 'tpu'"),
-    (["--prompt", "x", "--max-new-tokens", "5000"], "exceeds the model's context of 2048 tokens"),
-    (["--prompt-file", "/no/such/prompt.txt"], "error: /no/such/prompt.txt: cannot read prompt file"),
-], ids=["missing-folder", "max-new-tokens", "temperature", "top-p", "top-k", "empty-prompt", "dtype", "device", "context", "prompt-file"])
-def test_cli_bad_input_one_line_exit_2(capsys, tiny_checkpoint, args, message):
-    if "--model" not in args:
-        args = ["--model", str(tiny_checkpoint[0])] + args
-    rc, err = run_cli(capsys, *args)
-    assert rc == 2
-    assert message in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_chat_without_template(capsys, ckpt):
-    (ckpt / "tokenizer_config.json").write_text("{}")
-    rc, err = run_cli(capsys, "--model", str(ckpt), "--prompt", "hi", "--chat")
-    assert rc == 2 and "has no chat_template" in err and "drop --chat" in err
-
-
-def test_cli_bad_config_field(capsys, ckpt):
-    edit_config(ckpt, hidden_size=None)
-    rc, err = run_cli(capsys, "--model", str(ckpt), "--prompt", "hi")
-    assert rc == 2 and "error:" in err and "required field 'hidden_size' is missing" in err

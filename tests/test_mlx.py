@@ -98,10 +98,10 @@ def test_logits_match_torch(twins, config, prefix_len, view):
         ours = mm(mx.array(ids.numpy()), mc, view=v)
         assert ours.shape == tuple(ref.shape) and ours.dtype == mx.float32
         errors.append(rel_err(np_of(ours), np_of(ref)))
-        assert mc.length == tc.length  # the AR view appends its block, the diffusion view does not
+        assert tc.lengths.tolist() == [mc.length]  # the AR view appends its block, the diffusion view does not
     assert max(errors) <= 1e-4, errors  # measured: at most 4.3e-7
-    L = tc.length
-    assert rel_err(np.array(mc.keys(1)), np_of(tc.keys(1))) <= 1e-4 and mc.keys(1).shape == (1, tm.config.num_key_value_heads, L, tm.config.head_dim)
+    L = int(tc.lengths[0])
+    assert rel_err(np.array(mc.keys(1))[0], np_of(tc.keys(1))) <= 1e-4 and mc.keys(1).shape == (1, tm.config.num_key_value_heads, L, tm.config.head_dim)
 
 
 def test_forward_without_cache_and_logits_to_keep(twins):
@@ -557,9 +557,9 @@ def test_bad_requests(twins, tmp_path):
     _, mm = twins("gqa2-headdim32")
     cases = [
         (lambda: generate_orthrus(mm, [], 5), "the prompt is empty"),
-        (lambda: generate_ar(mm, [1], 0), "max_new_tokens must be >= 1, got 0"),
+        (lambda: generate_ar(mm, [1], 0), "max_new_tokens must be an int >= 1, got 0"),
         (lambda: generate_orthrus(mm, [1], 5, block_size=9), "block size 9 is larger than the checkpoint's block_size 8"),
-        (lambda: generate_orthrus(mm, [1], 5, block_size=0), "block size must be >= 1, got 0"),
+        (lambda: generate_orthrus(mm, [1], 5, block_size=0), "block size must be an int >= 1, got 0"),
         (lambda: generate_orthrus(mm, [1], 2040), r"exceeds the model's context of 2048 tokens"),
         (lambda: generate_ar(mm, [1], 5, SamplingParams(1.0, seed=-1)), r"seed must be in 0 … 2\*\*63-1, got -1"),
         (lambda: mm(mx.array([[1, 2]]), view="draft"), "view 'draft' is unknown"),

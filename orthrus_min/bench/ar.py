@@ -41,12 +41,13 @@ def bench_ar(args) -> tuple[dict, str]:
     ours = load_model(folder, dtype=dtype, device=device, attn="torch")
     ref = transformers_reference(folder, dtype, device)
     d = Decoding(n, compile_mode=compile_mode_of(args))
-    prepare_compiled(ours, d.compile_mode)
     prepare_compiled(ref, compile_mode_of(args, transformers=True))
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, ours.config.vocab_size, (args.prompt_len,), generator=g).tolist()
 
     methods = {"ar": ar_method(ours, d), "transformers": transformers_method(ref, ours, d)}
+    if d.compile_mode is not None:
+        methods["ar_compiled"] = ar_method(ours, d, compiled=True)
     warm_up(methods, prompt, 1, device)
     runs = measure(methods, prompt, args.repeats, device)  # interleaved, so both see the same machine noise
     rate = {name: median([n / r.seconds for r in rs]) for name, rs in runs.items()}
@@ -59,6 +60,9 @@ def bench_ar(args) -> tuple[dict, str]:
         "ours_tokens_per_s": rate["ar"], "transformers_tokens_per_s": rate["transformers"],
         "identical_output": runs["ar"][-1].tokens == runs["transformers"][-1].tokens,
     }
+    if "ar_compiled" in rate:
+        result["ours_compiled_tokens_per_s"] = rate["ar_compiled"]
+        result["compiled_identical_output"] = runs["ar_compiled"][-1].tokens == runs["ar"][-1].tokens
     result["ratio"] = result["ours_tokens_per_s"] / result["transformers_tokens_per_s"]
     compiled = f", compiled ({d.compile_mode})" if d.compile_mode else ""
     if args.compile_transformers:
@@ -69,7 +73,9 @@ def bench_ar(args) -> tuple[dict, str]:
         f"median of {args.repeats}", "",
         "| implementation | tokens/s |", "|---|---|",
         f"| transformers generate | {result['transformers_tokens_per_s']:.1f} |",
-        f"| orthrus_min AR | {result['ours_tokens_per_s']:.1f} |", "",
+        f"| orthrus_min AR | {result['ours_tokens_per_s']:.1f} |",
+        *([f"| orthrus_min AR, compiled ({d.compile_mode}) | {result['ours_compiled_tokens_per_s']:.1f} |"] if d.compile_mode else []),
+        "",
         f"ratio (orthrus_min / transformers): {result['ratio']:.2f}x; identical greedy output: {result['identical_output']}",
     ]) + "\n"
     return result, report

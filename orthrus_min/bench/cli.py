@@ -104,11 +104,11 @@ def add_model_args(sp: argparse.ArgumentParser, command: str, repeats_help: str,
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default: auto)")
     sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto: bfloat16 on CUDA, float32 on CPU "
                                                     "(default: auto)")
-    sp.add_argument("--compile", action="store_true", help="torch.compile our model's forward (compile time is paid in the "
-                                                          "warm-up runs)")
+    sp.add_argument("--compile", action="store_true", help="also time our decoders with their fixed-shape steps compiled "
+                    "(compiled rows beside the eager ones; compile time is paid in the warm-up runs)")
     sp.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
-                    help="torch.compile mode for --compile and --compile-transformers; reduce-overhead: CUDA graphs, one per "
-                         "shape (default: default)")
+                    help="torch.compile mode for --compile and --compile-transformers; reduce-overhead: CUDA graphs; "
+                         "max-autotune: also tuned matmul kernels, the fastest on a CPU and the slowest to compile (default: default)")
     sp.add_argument("--compile-transformers", action="store_true",
                     help="also torch.compile the Transformers reference's forward (without it the reference runs eager)")
     sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -146,6 +146,11 @@ def add_decode_args(sp: argparse.ArgumentParser) -> None:
                          "with --smoke: 32,64)")
     sp.add_argument("--context-prompts", type=positive_int, default=None, help="prompts per context length (default: 4; with "
                                                                                "--smoke: 1)")
+    sp.add_argument("--batch-sizes", type=int_list(1), default=None, help="batch-size sweep: prompts decoded together "
+                    "(default: 1,2,4,8,16; with --smoke: 1,2)")
+    sp.add_argument("--backend", default="torch", choices=("torch", "mlx"),
+                    help="mlx: add the MLX backend's greedy AR and Orthrus rows to the main table (needs mlx installed) "
+                         "(default: torch)")
     sp.add_argument("--smoke", action="store_true", help="seconds: 1 prompt, 8 tokens, 1 repeat, tiny sweeps (for tests)")
 
 

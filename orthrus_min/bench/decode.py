@@ -39,15 +39,17 @@ import torch
 
 from ..errors import OrthrusError
 from .common import first_mismatch, has_package, machine_info, machine_line, memory_kind, progress
-from .decoders import Decoding, Method, ar_method, compile_mode_of, orthrus_method, prepare_compiled, transformers_method
+from .decoders import (Decoding, Method, ar_method, batch_method, compile_mode_of, mlx_method, orthrus_method, prepare_compiled,
+                       transformers_method)
 from .measure import measure, pool, summarize, warm_up
-from .prompts import Prompt, default_prompts_file, encode_prompt, long_prompt, read_prompts
+from ..prompts import Prompt, encode_prompt, read_prompt_file
+from .prompts import default_prompts_file, long_prompt
 from .reference import MISSING
 
 FULL = dict(max_prompts=None, max_new_tokens=128, repeats=5, block_sizes=[4, 8, 16, 32], sweep_prompts=None,
-            context_lengths=[128, 512, 1024, 2048, 4096, 8192, 16384, 32768], context_prompts=4)
+            context_lengths=[128, 512, 1024, 2048, 4096, 8192, 16384, 32768], context_prompts=4, batch_sizes=[1, 2, 4, 8, 16])
 SMOKE = dict(max_prompts=1, max_new_tokens=8, repeats=1, block_sizes=[4, 8], sweep_prompts=1, context_lengths=[32, 64],
-             context_prompts=1)
+             context_prompts=1, batch_sizes=[1, 2])
 
 
 @dataclass
@@ -62,17 +64,24 @@ class Bench:
     s: dict  # settings (settings_from)
     decoding: Decoding
     device: torch.device
+    folder: Path | None = None  # the checkpoint folder (MLX rows load it themselves)
+    mlx: bool = False  # add the MLX backend's rows to the main table
 
 
 # --------------------------------------------------------------------------- the main table
 
 
 def main_methods(b: Bench) -> dict[str, Method]:
-    """The methods of the main table, in report order (Transformers first when there is a reference)."""
+    """The methods of the main table, in report order (Transformers first when there is a reference; with --compile
+    our greedy decoders also compiled; with --backend mlx the MLX backend's greedy decoders)."""
     d, K = b.decoding, b.s["block_size"]
     methods = {"transformers": transformers_method(b.ref, b.model, d)} if b.ref is not None else {}
-    methods.update(ar=ar_method(b.model, d), orthrus_greedy=orthrus_method(b.model, d, K),
-                   ar_sampled=ar_method(b.model, d, sampled=True), orthrus_sampled=orthrus_method(b.model, d, K, sampled=True))
+    methods.update(ar=ar_method(b.model, d), orthrus_greedy=orthrus_method(b.model, d, K))
+    if d.compile_mode is not None:
+        methods.update(ar_compiled=ar_method(b.model, d, compiled=True), orthrus_compiled=orthrus_method(b.model, d, K, compiled=True))
+    methods.update(ar_sampled=ar_method(b.model, d, sampled=True), orthrus_sampled=orthrus_method(b.model, d, K, sampled=True))
+    if b.mlx:
+        methods.update(mlx_ar=mlx_method(b.folder, d, None), mlx_orthrus=mlx_method(b.folder, d, K))
     return methods
 
 
@@ -89,7 +98,9 @@ def main_table(b: Bench) -> dict:
         runs = measure(methods, ids, b.s["repeats"], b.device)
         record = {"id": prompt.id, "prompt_tokens": len(ids), "methods": {name: summarize(r, K) for name, r in runs.items()}}
         ar_tokens = runs["ar"][-1].tokens
-        record["first_mismatch"] = {"orthrus_greedy_vs_ar": first_mismatch(runs["orthrus_greedy"][-1].tokens, ar_tokens)}
+        record["first_mismatch"] = {f"{name}_vs_ar": first_mismatch(runs[name][-1].tokens, ar_tokens)
+                                    for name in ("orthrus_greedy", "ar_compiled", "orthrus_compiled", "mlx_ar", "mlx_orthrus")
+                                    if name in runs}
         if "transformers" in runs:
             record["first_mismatch"]["ar_vs_transformers"] = first_mismatch(ar_tokens, runs["transformers"][-1].tokens)
         record["identical"] = {k: v is None for k, v in record["first_mismatch"].items()}
@@ -102,6 +113,14 @@ def main_table(b: Bench) -> dict:
     if "transformers" in rate:
         speedup["ar_vs_transformers"] = rate["ar"] / rate["transformers"]
         speedup["orthrus_greedy_vs_transformers"] = rate["orthrus_greedy"] / rate["transformers"]
+    if "orthrus_compiled" in rate:
+        speedup["orthrus_compiled_vs_ar"] = rate["orthrus_compiled"] / rate["ar"]
+        speedup["orthrus_compiled_vs_ar_compiled"] = rate["orthrus_compiled"] / rate["ar_compiled"]
+        speedup["ar_compiled_vs_ar"] = rate["ar_compiled"] / rate["ar"]
+        if "transformers" in rate:
+            speedup["orthrus_compiled_vs_transformers"] = rate["orthrus_compiled"] / rate["transformers"]
+    if "mlx_orthrus" in rate:
+        speedup["mlx_orthrus_vs_mlx_ar"] = rate["mlx_orthrus"] / rate["mlx_ar"]
     return {"methods": names, "prompts": per_prompt, "overall": overall, "identical_output": identical, "speedup": speedup}
 
 
@@ -123,9 +142,14 @@ def block_size_sweep(b: Bench) -> list[dict]:
     """Orthrus greedy at each block size against our AR, interleaved on the same prompts."""
     prompts = b.prompts[: b.s["sweep_prompts"]] if b.s["sweep_prompts"] else b.prompts
     ids = [encode_prompt(p, b.tokenizer) for p in prompts]
+    compiled = b.decoding.compile_mode is not None
     methods = {"ar": ar_method(b.model, b.decoding)}
+    if compiled:
+        methods["ar_compiled"] = ar_method(b.model, b.decoding, compiled=True)
     for K in b.s["block_sizes"]:
         methods[f"K={K}"] = orthrus_method(b.model, b.decoding, K)
+        if compiled:
+            methods[f"K={K} compiled"] = orthrus_method(b.model, b.decoding, K, compiled=True)
     warm_up(methods, ids[0], b.s["warmup"], b.device)
     per_prompt = []
     for i, prompt_ids in enumerate(ids):
@@ -133,7 +157,15 @@ def block_size_sweep(b: Bench) -> list[dict]:
         per_prompt.append(measure(methods, prompt_ids, b.s["repeats"], b.device))
     points = []
     for K in b.s["block_sizes"]:
-        points.append({"block_size": K, **versus_ar(f"K={K}", K, per_prompt)})
+        point = {"block_size": K, **versus_ar(f"K={K}", K, per_prompt)}
+        if compiled:  # the compiled decoder at this K, against our eager and our compiled AR
+            c = versus_ar(f"K={K} compiled", K, per_prompt)
+            ar_compiled = pool([summarize(runs["ar_compiled"], None) for runs in per_prompt], None)["tokens_per_s"]
+            point["compiled"] = {"orthrus_tokens_per_s": c["orthrus_tokens_per_s"], "speedup_vs_ar": c["speedup"],
+                                 "ar_compiled_tokens_per_s": ar_compiled,
+                                 "speedup_vs_ar_compiled": c["orthrus_tokens_per_s"] / ar_compiled,
+                                 "identical_output": c["identical_output"]}
+        points.append(point)
     return points
 
 
@@ -157,9 +189,42 @@ def context_sweep(b: Bench) -> list[dict]:
     return points
 
 
+def batch_size_sweep(b: Bench) -> list[dict]:
+    """AR and Orthrus greedy (K = the main block size) on batches of B prompts decoded together, eager (and compiled
+    with --compile): throughput, acceptance, tokens per forward; every Orthrus row must equal its AR row."""
+    K = b.s["block_size"]
+    ids = [encode_prompt(p, b.tokenizer) for p in b.prompts]
+    variants = [("", False)] + ([(" compiled", True)] if b.decoding.compile_mode is not None else [])
+    points = []
+    for B in b.s["batch_sizes"]:
+        batch = [ids[i % len(ids)] for i in range(B)]  # the prompts in file order, again from the first when B is larger
+        methods = {}
+        for suffix, compiled in variants:
+            methods["ar" + suffix] = batch_method(b.model, b.decoding, None, compiled)
+            methods["orthrus" + suffix] = batch_method(b.model, b.decoding, K, compiled)
+        warm_up(methods, batch, b.s["warmup"], b.device)
+        progress(f"batch-size sweep: B = {B}")
+        runs = measure(methods, batch, b.s["repeats"], b.device)
+        point = {"batch_size": B, "repeated_prompts": B > len(ids)}
+        for name, rs in runs.items():
+            last = rs[-1]
+            seconds = summarize(rs, K)["seconds"]
+            rows_forwards = last.num_forwards * B
+            point[name] = {"tokens_per_s": len(last.tokens) / seconds, "seconds": seconds,
+                           "acceptance_mean": sum(last.accepted) / len(last.accepted) if last.accepted else None,
+                           "tokens_per_forward": (len(last.tokens) - B) / last.num_forwards if last.num_forwards else None,
+                           "row_tokens_per_forward": (len(last.tokens) - B) / rows_forwards if rows_forwards else None}
+        for suffix, _ in variants:
+            point["orthrus" + suffix]["speedup_vs_ar"] = point["orthrus" + suffix]["tokens_per_s"] / point["ar"]["tokens_per_s"]
+            point["orthrus" + suffix]["identical_output"] = runs["orthrus" + suffix][-1].rows == runs["ar"][-1].rows
+        points.append(point)
+    return points
+
+
 SWEEPS: dict[str, Callable[[Bench], list[dict]]] = {  # JSON key: sweep, run in this order after the main table
     "block_size_sweep": block_size_sweep,
     "context_sweep": context_sweep,
+    "batch_size_sweep": batch_size_sweep,
 }
 
 
@@ -180,7 +245,7 @@ def settings_from(args, config) -> dict:
 
     s = {"max_prompts": pick("max_prompts"), "new_tokens": pick("max_new_tokens"), "repeats": pick("repeats"),
          "block_sizes": pick("block_sizes"), "sweep_prompts": pick("sweep_prompts"), "context_lengths": pick("context_lengths"),
-         "context_prompts": pick("context_prompts")}
+         "context_prompts": pick("context_prompts"), "batch_sizes": pick("batch_sizes")}
     K = resolve_block_size(config, args.block_size)
     s.update(block_size=K, temperature=args.temperature, seed=args.seed, stop_at_eos=args.stop_at_eos, warmup=args.warmup)
     s["block_sizes"] = [k for k in s["block_sizes"] if k <= config.block_size] or [K]
@@ -222,12 +287,16 @@ def bench_decode(args) -> tuple[dict, str]:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.backend == "mlx":
+        from ..mlx import require_mlx
+
+        require_mlx()  # a one-line error naming the extra to install, before any work
     folder = resolve_checkpoint(args.model)
     config = Qwen3Config.from_json(folder / "config.json")
     s = settings_from(args, config)
     fw_settings = forward_settings(args, device, config, s["block_size"]) if args.command == "all" else None
     prompts_file = args.prompts or default_prompts_file(folder)
-    prompts = read_prompts(prompts_file)
+    prompts = read_prompt_file(prompts_file)
     tokenizer = Tokenizer(folder)
     selected, skipped = select_prompts(prompts, tokenizer, s, config.max_position_embeddings)
     use_ref = args.command == "all" and has_package("transformers")
@@ -237,7 +306,6 @@ def bench_decode(args) -> tuple[dict, str]:
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
     decoding = Decoding(s["new_tokens"], stop_at_eos=s["stop_at_eos"], temperature=s["temperature"], seed=s["seed"],
                         compile_mode=compile_mode_of(args))
-    prepare_compiled(model, decoding.compile_mode)
     ref = None
     if use_ref:
         from .reference import transformers_reference
@@ -255,7 +323,7 @@ def bench_decode(args) -> tuple[dict, str]:
                      "skipped_prompts": skipped, "params_ar": num_parameters(model) - params_diff, "params_diffusion": params_diff,
                      "memory_kind": memory_kind(device), **s},
     }
-    b = Bench(model, ref, tokenizer, selected, prompts, s, decoding, device)
+    b = Bench(model, ref, tokenizer, selected, prompts, s, decoding, device, folder, args.backend == "mlx")
     result["table"] = main_table(b)
     for key, sweep in SWEEPS.items():
         result[key] = sweep(b)

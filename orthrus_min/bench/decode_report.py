@@ -12,8 +12,10 @@ from pathlib import Path
 from .common import fmt
 
 LABELS = {"transformers": "Transformers generate (greedy)", "ar": "orthrus_min AR (greedy)",
-          "orthrus_greedy": "orthrus_min Orthrus (greedy)", "ar_sampled": "orthrus_min AR (T={t})",
-          "orthrus_sampled": "orthrus_min Orthrus (T={t})"}
+          "orthrus_greedy": "orthrus_min Orthrus (greedy)", "ar_compiled": "orthrus_min AR (greedy), compiled",
+          "orthrus_compiled": "orthrus_min Orthrus (greedy), compiled", "ar_sampled": "orthrus_min AR (T={t})",
+          "orthrus_sampled": "orthrus_min Orthrus (T={t})", "mlx_ar": "MLX backend AR (greedy, fp32)",
+          "mlx_orthrus": "MLX backend Orthrus (greedy, fp32)"}
 
 
 def header(r: dict) -> list[str]:
@@ -39,14 +41,19 @@ def overall_table(r: dict) -> list[str]:
     ar_rate = t["overall"]["ar"]["tokens_per_s"]
     same = t["identical_output"]
     identical = {"ar": f"{same['ar_vs_transformers']} (vs Transformers)" if "ar_vs_transformers" in same else "–",
-                 "orthrus_greedy": f"{same['orthrus_greedy_vs_ar']} (vs our AR)", "orthrus_sampled": "n/a (sampling)"}
+                 "orthrus_sampled": "n/a (sampling)"}
+    identical.update({name: f"{same[f'{name}_vs_ar']} (vs our AR)" for name in t["methods"] if f"{name}_vs_ar" in same})
     for name in t["methods"]:
         o = t["overall"][name]
         lines.append(f"| {LABELS[name].format(t=s['temperature'])} | {o['tokens_per_s']:.1f} | {o['tokens_per_s'] / ar_rate:.2f}x | "
                      f"{1e3 * o['ttft_s']:.1f} | {fmt(o['tokens_per_forward'], '.2f')} | {fmt(o.get('acceptance_mean'), '.2f')} | "
                      f"{o['peak_memory_mb']:.0f} | {identical.get(name, '–')} |")
     ratios = {"ar_vs_transformers": "orthrus_min AR / Transformers generate", "orthrus_greedy_vs_ar": "Orthrus greedy / our AR greedy",
-              "orthrus_sampled_vs_ar_sampled": f"Orthrus / our AR at T={s['temperature']}"}
+              "orthrus_sampled_vs_ar_sampled": f"Orthrus / our AR at T={s['temperature']}",
+              "orthrus_compiled_vs_transformers": "compiled Orthrus / Transformers generate",
+              "orthrus_compiled_vs_ar": "compiled Orthrus / our eager AR",
+              "orthrus_compiled_vs_ar_compiled": "compiled Orthrus / our compiled AR",
+              "ar_compiled_vs_ar": "compiled AR / eager AR", "mlx_orthrus_vs_mlx_ar": "MLX Orthrus / MLX AR"}
     lines += ["", "ratios (tokens/s, all prompts): " + "; ".join(f"{label} **{t['speedup'][key]:.2f}x**"
                                                              for key, label in ratios.items() if key in t["speedup"])]
     lines += ["", f"peak memory: {s['memory_kind']}."]
@@ -83,6 +90,14 @@ def block_size_table(r: dict) -> list[str]:
     for q in r["block_size_sweep"]:
         lines.append(f"| {q['block_size']} | {fmt(q['acceptance_mean'], '.2f')} | {fmt(q['tokens_per_forward'], '.2f')} | "
                      f"{q['orthrus_tokens_per_s']:.1f} | {q['ar_tokens_per_s']:.1f} | {q['speedup']:.2f}x | {q['identical_output']} |")
+    if r["block_size_sweep"] and "compiled" in r["block_size_sweep"][0]:
+        lines += ["", f"Compiled ({r['settings']['compile_mode']}), the same runs:", "",
+                  "| K | compiled Orthrus tok/s | vs our eager AR | compiled AR tok/s | vs our compiled AR | identical |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for q in r["block_size_sweep"]:
+            c = q["compiled"]
+            lines.append(f"| {q['block_size']} | {c['orthrus_tokens_per_s']:.1f} | {c['speedup_vs_ar']:.2f}x | "
+                         f"{c['ar_compiled_tokens_per_s']:.1f} | {c['speedup_vs_ar_compiled']:.2f}x | {c['identical_output']} |")
     return lines
 
 
@@ -99,7 +114,22 @@ def context_table(r: dict) -> list[str]:
     return lines
 
 
-SWEEP_TABLES: dict[str, Callable[[dict], list[str]]] = {"block_size_sweep": block_size_table, "context_sweep": context_table}
+def batch_size_table(r: dict) -> list[str]:
+    """The batch-size sweep."""
+    lines = ["", f"## By batch size (greedy, K = {r['settings']['block_size']}: prompts decoded together)", "",
+             "| B | method | tokens/s (all rows) | vs AR at this B | acceptance τ | tokens / batch forward | identical to AR |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for q in r["batch_size_sweep"]:
+        for name in [k for k in q if k not in ("batch_size", "repeated_prompts")]:
+            m = q[name]
+            lines.append(f"| {q['batch_size']}{' (prompts repeated)' if q['repeated_prompts'] else ''} | {name} | "
+                         f"{m['tokens_per_s']:.1f} | {fmt(m.get('speedup_vs_ar'), '.2f')}{'x' if 'speedup_vs_ar' in m else ''} | "
+                         f"{fmt(m['acceptance_mean'], '.2f')} | {fmt(m['tokens_per_forward'], '.2f')} | {m.get('identical_output', '–')} |")
+    return lines
+
+
+SWEEP_TABLES: dict[str, Callable[[dict], list[str]]] = {"block_size_sweep": block_size_table, "context_sweep": context_table,
+                                                         "batch_size_sweep": batch_size_table}
 
 
 def decode_report(r: dict) -> str:

@@ -4,11 +4,11 @@ A method is one way to decode (our AR, Orthrus at some block size, Transformers 
 greedy or sampled). `python -m orthrus_min.bench orthrus`, `all`, `ar` and `forward` build
 their methods here and time them with `measure.py`; nothing else imports the decoders.
 
-Adding a method: write a constructor like `ar_method` that returns fn(prompt_ids) -> Run (a
-batched method, for a batch-size sweep, would take the batch's prompts and return one Run per row).
-`--compile/--compile-mode` reach the decoders only through `compile_mode_of` and
-`prepare_compiled`: today that compiles the model's forward once; when the decoders take
-`compile_mode=`, `prepare_compiled` goes away and `Decoding.compile_mode` is passed in the calls below.
+Adding a method: write a constructor like `ar_method` that returns fn(prompt_ids) -> Run; a
+batched method (`batch_method`) takes a batch's prompts and returns one Run for the whole batch
+(its rows in `Run.rows`). `--compile/--compile-mode` reach our decoders as their `compile_mode`
+argument (the engine compiles each fixed-shape step); `prepare_compiled` compiles the
+Transformers reference's forward, only with --compile-transformers.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Run:
     num_forwards: int | None = None  # after the prefill; None for Transformers
     accepted: list[int] = field(default_factory=list)  # Orthrus: tokens committed per iteration
     peak_mb: float = 0.0  # set by measure.py
+    rows: list[list[int]] | None = None  # a batched method: each row's tokens (`tokens` holds them all, row after row)
 
 
 Method = Callable[[list[int]], Run]
@@ -43,7 +44,7 @@ class Decoding:
     stop_at_eos: bool = False  # False: EOS is ignored, so every run decodes max_new_tokens tokens
     temperature: float = 0.7  # of the sampled methods
     seed: int = 0  # of the sampled methods: the same every run, so every repeat makes the same tokens
-    compile_mode: str | None = None  # None: eager; else a torch.compile mode (see prepare_compiled)
+    compile_mode: str | None = None  # --compile: the torch.compile mode of the compiled methods; None without it
 
 
 def compile_mode_of(args, transformers: bool = False) -> str | None:
@@ -54,8 +55,8 @@ def compile_mode_of(args, transformers: bool = False) -> str | None:
 
 
 def prepare_compiled(model, compile_mode: str | None) -> None:
-    """Applies a compile mode to a model (ours or Transformers'): torch.compile of its forward, shapes
-    dynamic (they change every step). None: left eager. Compile time is paid in the warm-up runs."""
+    """Compiles the Transformers reference's forward (torch.compile, shapes dynamic: they change every step).
+    None: left eager. Compile time is paid in the warm-up runs."""
     if compile_mode is not None:
         model.forward = torch.compile(model.forward, dynamic=True, mode=compile_mode)
 
@@ -76,21 +77,53 @@ def _run(g) -> Run:
     return Run(g.tokens, ttft_s=g.prefill_s, decode_s=g.decode_s, num_forwards=g.num_forwards, accepted=list(g.accepted))
 
 
-def ar_method(model, d: Decoding, sampled: bool = False) -> Method:
-    """Our AR decoder (`generate_ar`), greedy or at d.temperature."""
+def ar_method(model, d: Decoding, sampled: bool = False, compiled: bool = False) -> Method:
+    """Our AR decoder (`generate_ar`), greedy or at d.temperature; compiled: its step compiled with d.compile_mode."""
     from ..ar import generate_ar
 
-    sampling = _sampling(d, sampled)
-    return lambda ids: _run(generate_ar(model, ids, d.max_new_tokens, sampling, ignore_eos=not d.stop_at_eos))
+    sampling, mode = _sampling(d, sampled), d.compile_mode if compiled else None
+    return lambda ids: _run(generate_ar(model, ids, d.max_new_tokens, sampling, ignore_eos=not d.stop_at_eos, compile_mode=mode))
 
 
-def orthrus_method(model, d: Decoding, block_size: int, sampled: bool = False) -> Method:
-    """Our Orthrus decoder (`generate_orthrus`) with blocks of `block_size`, greedy or at d.temperature."""
+def orthrus_method(model, d: Decoding, block_size: int, sampled: bool = False, compiled: bool = False) -> Method:
+    """Our Orthrus decoder (`generate_orthrus`) with blocks of `block_size`, greedy or at d.temperature; compiled: its
+    step compiled with d.compile_mode."""
     from ..consensus import generate_orthrus
 
-    sampling = _sampling(d, sampled)
+    sampling, mode = _sampling(d, sampled), d.compile_mode if compiled else None
     return lambda ids: _run(generate_orthrus(model, ids, d.max_new_tokens, sampling, block_size=block_size,
-                                             ignore_eos=not d.stop_at_eos))
+                                             ignore_eos=not d.stop_at_eos, compile_mode=mode))
+
+
+def batch_method(model, d: Decoding, block_size: int | None, compiled: bool = False) -> Callable[[list[list[int]]], Run]:
+    """Our AR (block_size None) or Orthrus decoder, greedy, on a whole batch of prompts at once -> one Run:
+    every row's tokens (row after row), the batch's forwards (its longest row's), all rows' acceptance lengths."""
+    from ..ar import generate_ar
+    from ..consensus import generate_orthrus
+
+    mode = d.compile_mode if compiled else None
+
+    def run(batch: list[list[int]]) -> Run:
+        if block_size is None:
+            out = generate_ar(model, batch, d.max_new_tokens, ignore_eos=not d.stop_at_eos, compile_mode=mode)
+        else:
+            out = generate_orthrus(model, batch, d.max_new_tokens, block_size=block_size, ignore_eos=not d.stop_at_eos,
+                                   compile_mode=mode)
+        return Run([t for g in out for t in g.tokens], ttft_s=out[0].prefill_s, num_forwards=max(g.num_forwards for g in out),
+                   accepted=[n for g in out for n in g.accepted], rows=[g.tokens for g in out])
+
+    return run
+
+
+def mlx_method(folder, d: Decoding, block_size: int | None) -> Method:
+    """The MLX backend's AR (block_size None) or Orthrus decoder, greedy, fp32 (`orthrus_min.mlx`)."""
+    from .. import mlx
+
+    model = mlx.load_model(folder, dtype="float32")
+    if block_size is None:
+        return lambda ids: _run(mlx.generate_ar(model, ids, d.max_new_tokens, ignore_eos=not d.stop_at_eos))
+    return lambda ids: _run(mlx.generate_orthrus(model, ids, d.max_new_tokens, block_size=block_size,
+                                                 ignore_eos=not d.stop_at_eos))
 
 
 def transformers_method(ref, model, d: Decoding) -> Method:

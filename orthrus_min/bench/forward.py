@@ -33,7 +33,7 @@ from .reference import MISSING
 
 FULL = dict(lengths=[128, 1024, 4096, 16384], tokens=[1, 4, 8, 16, 32], iters=20, prompt_len=128, max_new_tokens=128, repeats=5)
 SMOKE = dict(lengths=[16, 64], tokens=[1, 8], iters=3, prompt_len=8, max_new_tokens=8, repeats=1)
-LABELS = {"transformers": "Transformers generate", "ar": "orthrus_min AR"}
+LABELS = {"transformers": "Transformers generate", "ar": "orthrus_min AR", "ar_compiled": "orthrus_min AR, compiled"}
 WARMUP_CALLS = 3  # untimed forwards before each cell's timed ones
 
 
@@ -55,11 +55,16 @@ def kv_bytes_per_token(model, context: float) -> float:
 
 
 @torch.inference_mode()
-def forward_latencies(model, device: torch.device, lengths: list[int], tokens: list[int], iters: int) -> list[dict]:
+def forward_latencies(model, device: torch.device, lengths: list[int], tokens: list[int], iters: int,
+                      compile_mode: str | None = None) -> list[dict]:
     """Median seconds of one forward of T tokens over a cache of L, per (view, L, T).
 
     Rows: {"view", "cache_len", "tokens", "ms"}; the diffusion view only for T > 1 and an Orthrus checkpoint.
+    compile_mode: time the forward compiled as the decode steps are (one graph per (view, L, T): a compile each).
     """
+    from ..engine import compiled
+
+    forward = compiled(model.forward, compile_mode) if compile_mode else model.forward
     timing = Timing(iters=iters, warmup_calls=WARMUP_CALLS)
     views = ["ar"] + (["diffusion"] if model.config.has_diffusion_view else [])
     rows = []
@@ -73,7 +78,7 @@ def forward_latencies(model, device: torch.device, lengths: list[int], tokens: l
                     continue
 
                 def step():
-                    model(ids, cache, view=view)  # (1, T, V) logits for every position, as the verify pass needs
+                    forward(ids, cache, view=view)  # (1, T, V) logits for every position, as the verify pass needs
                     cache.rollback(L)  # an AR forward appended T entries: drop them (the diffusion view wrote none)
 
                 rows.append({"view": view, "cache_len": L, "tokens": T, "ms": 1e3 * time_calls(step, device, timing).median})
@@ -159,7 +164,7 @@ def forward_settings(args, device: torch.device, config, block_size: int | None)
 
 def forward_section(model, device: torch.device, settings: dict) -> dict:
     """Latencies, their summary and the copy bandwidth, for `forward` and for `all`."""
-    rows = forward_latencies(model, device, settings["lengths"], settings["tokens"], settings["iters"])
+    rows = forward_latencies(model, device, settings["lengths"], settings["tokens"], settings["iters"], settings.get("compile_mode"))
     return {"latency": rows, "summary": latency_summary(rows), "copy_bandwidth_gbs": copy_bandwidth_gbs(device, settings["copy_mib"]),
             "settings": settings}
 
@@ -189,8 +194,10 @@ def bench_forward(args) -> tuple[dict, str]:
 
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
     d = Decoding(n, compile_mode=compile_mode_of(args))
-    prepare_compiled(model, d.compile_mode)
+    settings["compile_mode"] = d.compile_mode
     methods = {"ar": ar_method(model, d)}
+    if d.compile_mode is not None:
+        methods["ar_compiled"] = ar_method(model, d, compiled=True)
     if use_ref:
         from .reference import transformers_reference
 

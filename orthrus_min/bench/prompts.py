@@ -15,49 +15,9 @@ Prompt files (`--prompts FILE`) are JSONL, one object per line (blank lines are 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OrthrusError
-
-
-@dataclass
-class Prompt:
-    """One line of a prompt file."""
-
-    id: str
-    text: str
-    chat: bool = False
-    enable_thinking: bool | None = None
-
-
-def read_prompts(path: Path) -> list[Prompt]:
-    """Prompts of a JSONL file: one {"prompt": str, "id"?: str, "chat"?: bool, "enable_thinking"?: bool} per line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise OrthrusError(f"{path}: cannot read prompt file ({e.strerror or type(e).__name__})") from None
-    except UnicodeDecodeError as e:
-        raise OrthrusError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OrthrusError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
-            raise OrthrusError(f'{path}:{number}: expected an object with a non-empty string "prompt"')
-        for key in ("chat", "enable_thinking"):
-            if record.get(key) is not None and not isinstance(record[key], bool):
-                raise OrthrusError(f'{path}:{number}: "{key}" must be true or false, got {json.dumps(record[key])}')
-        prompts.append(Prompt(str(record.get("id", f"{Path(path).name}:{number}")), record["prompt"], bool(record.get("chat", False)),
-                              record.get("enable_thinking")))
-    if not prompts:
-        raise OrthrusError(f"{path}: no prompts")
-    return prompts
+from ..prompts import Prompt, encode_prompt
 
 
 def default_prompts_file(folder: Path) -> Path:
@@ -66,15 +26,6 @@ def default_prompts_file(folder: Path) -> Path:
 
     own = folder / "heldout_prompts.jsonl"
     return own if own.exists() else DEFAULT_MODEL / "heldout_prompts.jsonl"
-
-
-def encode_prompt(prompt: Prompt, tokenizer, text: str | None = None) -> list[int]:
-    """Token ids of the prompt (or of `text` in its place), rendered with the chat template when it asks for it."""
-    text = prompt.text if text is None else text
-    if prompt.chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             enable_thinking=prompt.enable_thinking)
-    return tokenizer.encode(text)
 
 
 def long_prompt(prompts: list[Prompt], i: int, length: int, tokenizer) -> tuple[list[int], bool]:

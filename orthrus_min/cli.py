@@ -1,0 +1,76 @@
+"""What the command lines share: one-line errors, exit codes, and Unix manners.
+
+Every command (`generate`, `bench`, `train`) runs through `run_main`:
+  * a user mistake (`OrthrusError`, or a bad flag caught by `Parser`) prints one line
+    `error: …` to stderr and exits with status 2 — never a traceback;
+  * Ctrl-C prints `interrupted` and exits with 130;
+  * output into a closed pipe (`… | head`) ends the command quietly with 141 (128 + SIGPIPE),
+    as a Unix tool killed by SIGPIPE would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from .errors import OrthrusError
+
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake raises OrthrusError (one line `error: …`, exit 2) instead of printing usage."""
+
+    def error(self, message: str):
+        """Called by argparse with what was wrong with the command line."""
+        raise OrthrusError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def one_line(message: object) -> str:
+    """A message folded onto one line (a multi-line exception text stays readable in `error: …`)."""
+    return " ".join(str(message).split())
+
+
+def run_main(run: Callable[[], int]) -> int:
+    """Runs a command's body and turns user mistakes, Ctrl-C and closed pipes into exit statuses."""
+    try:
+        return run()
+    except OrthrusError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away: stop quietly. Point stdout at /dev/null so that Python's own flush at
+        # exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+__all__ = ["Parser", "positive_int", "nonnegative_int", "one_line", "run_main", "EXIT_USAGE"]

@@ -1,0 +1,268 @@
+"""The generate command line as a user meets it: every bad input is one line `error: …` and exit 2, never a
+traceback; flags that change nothing get a warning; output into a closed pipe ends quietly; prompt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orthrus_min.generate import main
+from orthrus_helpers import make_orthrus
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def orthrus_ckpt(tmp_path_factory):
+    """An Orthrus checkpoint (block_size 8) with a tokenizer and the Qwen3 chat template."""
+    from conftest import make_tokenizer_files
+    from orthrus_min.model import save_model
+
+    folder = tmp_path_factory.mktemp("orthrus")
+    _, model = make_orthrus(5, "copied", block_size=8, mask_token_id=3, eos_token_id=2)
+    save_model(model, folder)
+    make_tokenizer_files(folder)
+    return folder
+
+
+@pytest.fixture()
+def ckpt(tmp_path, orthrus_ckpt):
+    """A private copy that a test may break."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(orthrus_ckpt, folder)
+    return folder
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(change(data)))
+
+
+def set_field(name, value):
+    def change(d):
+        d[name] = value
+        return d
+    return change
+
+
+def nan_weight(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    state["model.layers.0.mlp.up_proj.weight"][3, 4] = float("nan")
+    save_file(state, folder / "model.safetensors")
+
+
+def big_tokenizer(folder: Path) -> None:
+    """A tokenizer with more tokens than the model has embedding rows (320)."""
+    from conftest import make_tokenizer_files
+
+    make_tokenizer_files(folder, vocab_size=300)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    start = max(tok["model"]["vocab"].values()) + 1
+    for i in range(40):
+        tok["added_tokens"].append({"id": start + i, "content": f"<|extra_{i}|>", "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False, "special": True})
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+
+
+# (id, how to break the checkpoint or None, command-line arguments after --model, the expected error line's start)
+BAD_INPUTS = [
+    ("missing-folder", None, ["--model", "/no/such/dir", "--prompt", "x"], "error: /no/such/dir: no such checkpoint folder"),
+    ("max-new-tokens-0", None, ["--prompt", "x", "--max-new-tokens", "0"], "error: argument --max-new-tokens: expected an integer >= 1, got '0'"),
+    ("max-new-tokens-text", None, ["--prompt", "x", "--max-new-tokens", "ten"], "error: argument --max-new-tokens: expected an integer >= 1, got 'ten'"),
+    ("temperature", None, ["--prompt", "x", "--temperature", "-1"], "error: temperature must be >= 0"),
+    ("top-p", None, ["--prompt", "x", "--temperature", "1", "--top-p", "0"], "error: top_p must be in (0, 1]"),
+    ("top-k", None, ["--prompt", "x", "--top-k", "-3"], "error: top_k must be >= 0"),
+    ("seed-beyond-64-bits", None, ["--prompt", "x", "--temperature", "1", "--seed", str(2**64)], "error: seed must be in 0 … 2**63-1"),
+    ("empty-prompt", None, ["--prompt", ""], "error: the prompt is empty"),
+    ("dtype", None, ["--prompt", "x", "--dtype", "int3"], "error: dtype 'int3' is unknown"),
+    ("device", None, ["--prompt", "x", "--device", "tpu"], "error: device 'tpu'"),
+    ("context", None, ["--prompt", "x", "--max-new-tokens", "5000"], "error: prompt (1 tokens) + max_new_tokens (5000)"),
+    ("block-size-0", None, ["--prompt", "x", "--block-size", "0"], "error: block size must be an int >= 1, got 0"),
+    ("block-size-9", None, ["--prompt", "x", "--block-size", "9"], "error: block size 9 is larger than the checkpoint's block_size 8"),
+    ("check-in-ar-mode", None, ["--prompt", "x", "--mode", "ar", "--check"], "error: --check applies to orthrus decoding"),
+    ("unknown-flag", None, ["--prompt", "x", "--fast"], "error: unrecognized arguments: --fast"),
+    ("no-prompt", None, [], "error: one of the arguments --prompt --prompt-file is required"),
+    ("threads-0", None, ["--prompt", "x", "--threads", "0"], "error: argument --threads: expected an integer >= 1, got '0'"),
+    ("compile-mode", None, ["--prompt", "x", "--compile", "--compile-mode", "fast"], "error: compile mode 'fast' is unknown"),
+    ("mlx-with-triton", None, ["--prompt", "x", "--backend", "mlx", "--attn", "triton"], "error: --attn triton applies to the torch backend"),
+    ("mlx-with-cuda", None, ["--prompt", "x", "--backend", "mlx", "--device", "cuda"], "error: --device cuda is not an MLX device"),
+    ("mlx-with-compile", None, ["--prompt", "x", "--backend", "mlx", "--compile"], "error: --compile applies to the torch backend"),
+    # the checkpoint
+    ("config-is-a-list", lambda f: (f / "config.json").write_text("[1, 2]"), ["--prompt", "x"],
+     "error: config.json: expected a JSON object, got a list"),
+    ("config-field-is-a-string", lambda f: edit_json(f / "config.json", set_field("hidden_size", "64")), ["--prompt", "x"],
+     "error: config.json: field 'hidden_size' must be an integer >= 1, got '64'"),
+    ("config-missing-field", lambda f: edit_json(f / "config.json", lambda d: {k: v for k, v in d.items() if k != "hidden_size"}),
+     ["--prompt", "x"], "error: config.json: required field 'hidden_size' is missing"),
+    ("config-not-json", lambda f: (f / "config.json").write_text("{"), ["--prompt", "x"], "error: "),
+    ("tokenizer-config-invalid", lambda f: (f / "tokenizer_config.json").write_text("{'chat_template': 1"), ["--prompt", "x"],
+     "error: "),
+    ("tokenizer-config-a-list", lambda f: (f / "tokenizer_config.json").write_text("[]"), ["--prompt", "x"],
+     "error: "),
+    ("tokenizer-larger-than-model", big_tokenizer, ["--prompt", "x"], "error: "),
+    ("nan-weights", nan_weight, ["--prompt", "x"], "error: "),
+    ("generation-config-invalid", lambda f: (f / "generation_config.json").write_text("not json"), ["--prompt", "x"], "error: "),
+    ("chat-without-template", lambda f: (f / "tokenizer_config.json").write_text("{}"), ["--prompt", "hi", "--chat"], "error: "),
+    ("no-mask-token-id", lambda f: edit_json(f / "config.json", lambda d: {k: v for k, v in d.items() if k != "mask_token_id"}),
+     ["--prompt", "x"], "error: config.json has model_type 'orthrus' but no mask_token_id"),
+    # prompt files
+    ("prompt-file-missing", None, ["--prompt-file", "/no/such/prompts.jsonl"], "error: /no/such/prompts.jsonl: cannot read prompt file"),
+    ("prompt-file-not-utf8", "file:\xff\xfe not utf-8", ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-bad-line", 'file:{"prompt": "a"}\n\n{"prompt": 3}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-not-jsonl", "file:just some text\n", ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-empty", "file:\n\n", ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-bad-budget", 'file:{"prompt": "a", "max_new_tokens": 0}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-too-long", 'file:{"prompt": "a"}\n{"id": "big", "prompt": "b", "max_new_tokens": 3000}\n', ["--prompt-file", "{file}"],
+     "error: prompt 'big': 1 tokens + max_new_tokens 3000 + one block (8) exceed the model's context of 2048 tokens"),
+    ("batch-size-0", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--batch-size", "0"], "error: argument --batch-size"),
+    ("output-in-missing-folder", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--output", "/no/such/dir/out.jsonl"],
+     "error: --output /no/such/dir/out.jsonl: the folder /no/such/dir does not exist"),
+    ("compare-with-prompt-file", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--compare"],
+     "error: --compare works with one --prompt, not with --prompt-file"),
+]
+
+MESSAGES = {  # what the line must also say, for the cases above whose line starts with a path
+    "config-not-json": "config.json: not valid JSON",
+    "tokenizer-config-invalid": "tokenizer_config.json: not valid JSON",
+    "tokenizer-config-a-list": "tokenizer_config.json: expected a JSON object, got a list",
+    "tokenizer-larger-than-model": "the tokenizer has 340 tokens but the model's vocabulary has 320 rows",
+    "nan-weights": "1 tensor(s) hold NaN or infinite values (model.layers.0.mlp.up_proj.weight)",
+    "generation-config-invalid": "generation_config.json: not valid JSON",
+    "chat-without-template": "the checkpoint has no chat_template",
+    "prompt-file-not-utf8": "prompts.jsonl: not a UTF-8 text file",
+    "prompt-file-bad-line": 'prompts.jsonl:3: expected an object with a non-empty string "prompt"',
+    "prompt-file-not-jsonl": "prompts.jsonl:1: not a JSON object",
+    "prompt-file-empty": "prompts.jsonl: no prompts",
+    "prompt-file-bad-budget": 'prompts.jsonl:1: "max_new_tokens" must be >= 1, got 0',
+}
+
+
+@pytest.mark.parametrize("case, breaker, args, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, ckpt, case, breaker, args, message):
+    if callable(breaker):
+        breaker(ckpt)
+    elif isinstance(breaker, str):  # the content of a prompt file
+        (tmp_path / "prompts.jsonl").write_bytes(breaker.removeprefix("file:").encode("latin-1"))
+    args = [a.replace("{file}", str(tmp_path / "prompts.jsonl")) for a in args]
+    if "--model" not in args:
+        args = ["--model", str(ckpt)] + args
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert err.startswith(message) and MESSAGES.get(case, "") in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and out == ""
+
+
+def test_nothing_is_written_when_a_prompt_file_fails(capsys, tmp_path, ckpt):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", "chat": true}\n')
+    (ckpt / "tokenizer_config.json").write_text("{}")  # the second request cannot be rendered
+    code, out, err = run_cli(capsys, "--model", ckpt, "--prompt-file", tmp_path / "p.jsonl", "--output", tmp_path / "out.jsonl")
+    assert code == 2 and "has no chat_template" in err
+    assert not (tmp_path / "out.jsonl").exists() and out == ""
+
+
+@pytest.mark.parametrize("args, warning", [
+    (["--top-k", "5"], "warning: --top-k has no effect at temperature 0 (greedy decoding)"),
+    (["--top-p", "0.9", "--seed", "3"], "warning: --top-p has no effect at temperature 0 (greedy decoding)"),
+    (["--system", "be brief"], "warning: --system has no effect without --chat"),
+    (["--no-thinking"], "warning: --no-thinking has no effect without --chat"),
+    (["--batch-size", "4"], "warning: --batch-size has no effect without --prompt-file"),
+    (["--compile-mode", "default"], "warning: --compile-mode has no effect without --compile"),
+], ids=["top-k", "top-p", "system", "no-thinking", "batch-size", "compile-mode"])
+def test_flags_without_effect_get_a_warning(capsys, orthrus_ckpt, args, warning):
+    code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", "x", "--max-new-tokens", "3", *args)
+    assert code == 0 and warning in err.splitlines()
+
+
+def test_sampling_defaults_come_from_generation_config(capsys, ckpt):
+    (ckpt / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.9,
+                                                             "eos_token_id": [2, 7]}))
+    code, out, err = run_cli(capsys, "--model", ckpt, "--prompt", "x", "--max-new-tokens", "4", "--stats", "--seed", "1")
+    assert code == 0
+    assert "sampling: temperature 0.7, top-k 20, top-p 0.9 (from generation_config.json)" in err
+    code, out, err = run_cli(capsys, "--model", ckpt, "--prompt", "x", "--max-new-tokens", "4", "--stats", "--temperature", "0")
+    assert code == 0 and "sampling: greedy (temperature 0) (from flags --temperature, generation_config.json)" in err
+    (ckpt / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.7}))
+    code, out, err = run_cli(capsys, "--model", ckpt, "--prompt", "x", "--max-new-tokens", "4", "--stats")
+    assert code == 0 and "sampling: greedy (temperature 0) (from generation_config.json)" in err
+
+
+def test_echo_prints_the_prompt_first(capsys, orthrus_ckpt):
+    code, plain, _ = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", "def fib", "--max-new-tokens", "6")
+    code2, echoed, _ = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", "def fib", "--max-new-tokens", "6", "--echo")
+    assert code == code2 == 0 and echoed == "def fib" + plain
+
+
+def test_prompt_file_gives_one_json_line_per_prompt_equal_to_each_alone(capsys, tmp_path, orthrus_ckpt):
+    lines = [{"id": "a", "prompt": "def fibonacci(n):"}, {"prompt": "class Stack:", "max_new_tokens": 5},
+             {"id": "c", "prompt": "Grüße", "chat": True, "enable_thinking": False}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt-file", tmp_path / "p.jsonl", "--batch-size", "2",
+                             "--max-new-tokens", "12")
+    assert code == 0 and "[orthrus] 3 prompts (batch size 2)" in err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in records] == ["a", "p.jsonl:2", "c"]
+    assert [r["new_tokens"] for r in records] == [12, 5, 12]
+    assert all(r["mode"] == "orthrus" and r["acceptance_mean"] >= 1 and len(r["acceptance_histogram"]) == 8 for r in records)
+    for r, line in zip(records, lines):  # each row equals that prompt decoded alone
+        args = ["--prompt", line["prompt"], "--max-new-tokens", str(line.get("max_new_tokens", 12))]
+        args += ["--chat", "--no-thinking"] if line.get("chat") else []
+        code, alone, _ = run_cli(capsys, "--model", orthrus_ckpt, *args)
+        assert alone == r["text"] + "\n"
+
+
+def test_prompt_file_from_stdin_to_an_output_file(tmp_path, orthrus_ckpt):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "orthrus_min.generate", "--model", str(orthrus_ckpt), "--prompt-file", "-",
+                           "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "4"],
+                          input='{"id": "x", "prompt": "def f"}\n{"id": "y", "prompt": "import"}\n', capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["x", "y"]
+    assert done.stdout == ""
+
+
+def test_output_into_a_closed_pipe_ends_quietly(orthrus_ckpt):
+    """`generate … | head -c 10`, through a real pipe: no traceback, the status of a process ended by SIGPIPE."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    command = (f"{sys.executable} -m orthrus_min.generate --model {orthrus_ckpt} --prompt 'def f' --max-new-tokens 400 "
+               "--mode ar 2>err.txt | head -c 10; echo \"status ${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, env=env, cwd=orthrus_ckpt.parent, timeout=120)
+    err = (orthrus_ckpt.parent / "err.txt").read_text()
+    assert "Traceback" not in err and "Error" not in err, err
+    assert done.stdout.endswith(b"status 141\n") and len(done.stdout) == 10 + len(b"status 141\n")
+
+
+def test_python_api_errors_are_one_line():
+    from orthrus_min import OrthrusError, load
+
+    llm = load(device="cpu")
+    with pytest.raises(TypeError, match="prompt must be a str, a list of token ids, or a list of those"):
+        llm.generate({"text": "x"})
+    with pytest.raises(TypeError, match=r"messages\[0\] must be a dict with a str 'role' and a str 'content'"):
+        llm.chat([{"role": "user"}])
+    with pytest.raises(OrthrusError, match="token id 99999 is outside the model's vocabulary"):
+        llm.generate([1, 99999])
+    with pytest.raises(OrthrusError, match="mode 'fast' is unknown"):
+        llm.generate("x", mode="fast")
+    with pytest.raises(TypeError, match="temperature must be a number, got str"):
+        llm.generate("x", temperature="hot")
+    with pytest.raises(OrthrusError, match="the prompt is empty"):
+        llm.generate([])
+    with pytest.raises(OrthrusError, match="no such checkpoint folder"):
+        load("/no/such/folder")
+    assert torch.get_num_threads() >= 1

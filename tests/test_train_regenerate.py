@@ -62,7 +62,7 @@ def test_responses_are_the_base_models_greedy_decoding(base, full_run, capsys):
     for row in rows[:3]:  # the same tokens as the generate command decodes (it prints them without special tokens)
         user = row["messages"][-2]["content"]
         assert generate_main(["--model", str(base / "base"), "--chat", "--no-thinking", "--prompt", user,
-                              "--max-new-tokens", str(MAX_NEW), "--mode", "ar"]) == 0
+                              "--max-new-tokens", str(MAX_NEW), "--mode", "ar", "--temperature", "0"]) == 0
         stream = tok.stream_decoder()
         ids = generate_ar(model, generation_prompt(tok, row["messages"][-2:-1], enable_thinking=False), MAX_NEW).tokens
         assert capsys.readouterr().out == "".join(stream.push([t]) for t in ids) + stream.flush() + "\n"

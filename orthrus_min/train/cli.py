@@ -12,21 +12,12 @@ without a traceback. Under torchrun only rank 0 prints it; every process exits 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ..cli import EXIT_USAGE, Parser, nonnegative_int, positive_int, run_main
 from ..errors import OrthrusError
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, except that a usage mistake raises OrthrusError (one line `error: …`, exit 2) instead of printing usage."""
-
-    def error(self, message: str):
-        """Called by argparse with what was wrong with the command line."""
-        raise OrthrusError(message)
-
-
-# --------------------------------------------------------------------------- value types
 
 
 def _number(text: str, kind, check, expected: str):
@@ -39,24 +30,9 @@ def _number(text: str, kind, check, expected: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
-
-
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     return _number(text, float, lambda v: 0 < v < float("inf"), "a number > 0")
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def fraction(text: str) -> float:
@@ -273,12 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one stage; returns the exit status (0, 2 for a user mistake, 130 when interrupted)."""
-    from .dist import setup
+    """Runs one stage; returns the exit status (0; 2 for a user mistake; 130 when interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(lambda: run_stage(argv))
+
+
+def run_stage(argv: list[str]) -> int:
+    """Parses the command line and runs the stage; under torchrun only rank 0 reports a mistake (all exit 2)."""
+    from .dist import launched_by_torchrun, setup
     from .regenerate import regenerate
     from .stages import run_distill, run_export, run_pretrain, run_prompts, run_tokenizer
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
     dist = None
     try:
         args = build_parser().parse_args(argv)
@@ -290,17 +272,14 @@ def main(argv: list[str] | None = None) -> int:
                 (run_pretrain if args.command == "pretrain" else run_distill)(args, dist, argv)
         else:
             {"tokenizer": run_tokenizer, "export": run_export, "prompts": run_prompts}[args.command](args)
-    except OrthrusError as e:
-        if dist is None or dist.is_main:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except OrthrusError:
+        if quiet:
+            return EXIT_USAGE
+        raise
     finally:
         if dist is not None:
             dist.close()
     return 0
 
 
-__all__ = ["main", "build_parser", "Parser"]
+__all__ = ["main", "run_stage", "build_parser"]

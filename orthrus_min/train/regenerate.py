@@ -9,8 +9,9 @@ as is); an optional "id" names a row (default: file:line). Output rows are ready
 `distill --data`: `{"id", "messages": [… + {"role": "assistant", "content": answer}]}` or
 `{"id", "text": prompt + continuation}`, with "finish_reason" ("eos" or "length") and "new_tokens".
 
-The prompts are decoded in batches (`generate_ar`, the engine's batched decoder: each row's
-tokens equal decoding that prompt alone), longest first. Each process appends finished rows to its
+The prompts are decoded greedily (the recipe; `generate --temperature 0` gives the same tokens, with
+the same end-of-turn ids: config.json's and generation_config.json's) in batches (`generate_ar`,
+the engine's batched decoder: each row's tokens equal decoding that prompt alone), longest first. Each process appends finished rows to its
 own part file (`OUT.part-RANK`) and flushes after every batch; a rerun with `--resume` skips every id
 already written (in OUT or any part). At the end rank 0 merges everything into OUT, in input
 order, atomically. Under torchrun, process r decodes every world-th pending prompt.
@@ -175,6 +176,7 @@ def merge(out: Path, requests: list[Request]) -> int:
 def regenerate(args, dist) -> None:
     """The stage: answer every prompt not yet answered with the base model's greedy decoding, then merge."""
     from ..ar import generate_ar
+    from ..api import generation_defaults
     from ..model import load_model, resolve_checkpoint
     from ..tokenizer import Tokenizer
     from .progress import Progress
@@ -197,6 +199,7 @@ def regenerate(args, dist) -> None:
     done = {r["id"] for path in ([out] if out.exists() else []) + part_files(out) for r in read_records(path)}
     pending = [r for r in requests if r.id not in done]
     model = load_model(folder, dtype=args.dtype, device=dist.device, attn=None if args.attn == "auto" else args.attn)
+    eos = sorted(set(model.config.eos_token_id) | set(generation_defaults(folder).get("eos_token_id", [])))  # as generate
     context = model.config.max_position_embeddings
     mine = pending[dist.rank :: dist.world]
     skipped = [r for r in mine if len(r.prompt_ids) >= context]
@@ -210,7 +213,7 @@ def regenerate(args, dist) -> None:
         for i in range(0, len(mine), args.batch_size):
             batch = mine[i : i + args.batch_size]
             budgets = [min(args.max_new_tokens, context - len(r.prompt_ids)) for r in batch]
-            generations = generate_ar(model, [r.prompt_ids for r in batch], budgets)
+            generations = generate_ar(model, [r.prompt_ids for r in batch], budgets, eos_token_id=eos)  # greedy
             for request, g in zip(batch, generations):
                 part.write(json.dumps(response_record(request, tokenizer, g.tokens, g.finish_reason), ensure_ascii=False) + "\n")
             part.flush()

@@ -212,3 +212,15 @@ def test_interrupted_cache_writes_leave_nothing_that_breaks_a_later_run(tmp_path
     assert len(good) > 100 and np.array_equal(np.asarray(again.train.tokens), good)
     remove_stale_builds(root)
     assert not stale.exists()
+
+
+def test_eval_prompts_from_chats_and_from_text():
+    from orthrus_min.train.evaluate import eval_prompts
+
+    text = documents_from_lists([list(range(100))])
+    chat = documents_from_lists([[1, 2, 3, 4, 5, 6], [7, 8, 9]], masks=[[0, 0, 0, 1, 1, 1], [0, 1, 1]])
+    assert eval_prompts([text], 0, 12, 100) == [] and eval_prompts([chat], 0, 12, 100) == []
+    windows = eval_prompts([text], 3, 12, 100)
+    assert len(windows) == 3 and all(len(w) == 12 and w == list(range(w[0], w[0] + 12)) for w in windows)
+    assert sorted(eval_prompts([text, chat], 5, 12, 100)) == [[1, 2, 3], [7]]  # a chat's prompt: all before its answer
+    assert eval_prompts([chat], 5, 12, max_prompt_len=2) == [[7]]  # prompts longer than the limit are left out

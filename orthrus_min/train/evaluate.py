@@ -41,6 +41,8 @@ def eval_prompts(heldout: list[DocArrays], count: int, prompt_len: int, max_prom
     one), those of at most `max_prompt_len` tokens, in a seeded order. Text only: `count`
     windows of `prompt_len` tokens of the held-out text, as `heldout_prompts`.
     """
+    if count == 0:
+        return []
     chats = [d for d in heldout if d.mask is not None and len(d)]
     if chats:
         prompts = []

@@ -2,8 +2,8 @@
 
 Printed: parameters (frozen / trainable), the data (documents, tokens, rows per epoch — the data
 is tokenized and cached, so the real run starts at once), the batch arithmetic, steps, an
-estimate of memory per GPU, and the launch command. The memory estimate is deliberately simple
-and errs high; it counts:
+estimate of memory per GPU, and the launch command. The memory estimate is a sum of simple
+terms, not a measurement (check it with a short run and torch.cuda.max_memory_allocated); it counts:
   * weights: frozen ones in their storage dtype, trainable ones as fp32 masters;
   * training state: fp32 gradient, AdamW's two moments, and DDP's gradient buckets;
   * activations of one micro-batch: the KV cache of the dual pass, per layer the tensors the

@@ -170,17 +170,22 @@ def commit(cache: KVCache, state: DecodeState, p: torch.Tensor, run: torch.Tenso
 @functools.cache
 def compiled(step: Callable, mode: str) -> Callable:
     """`step` compiled whole (fullgraph, static shapes) with torch.compile `mode`; weights frozen as constants."""
-    if mode not in COMPILE_MODES:
-        raise OrthrusError(f"compile mode {mode!r} is unknown; choose one of {COMPILE_MODES}")
-    # `freezing` folds the (frozen) weights into the graph as constants, so inductor may pre-pack them.
-    options = {**torch._inductor.list_mode_options(mode), "freezing": True}
     # Every (model, batch, block, capacity, greedy-or-sampled) combination is its own graph: allow many
     # more than dynamo's default of 8 per function, past which it would silently run the step eagerly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-    return torch.compile(step, fullgraph=True, dynamic=False, options=options)
+    compiled_step = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        # `freezing` folds the frozen weights into the graph as constants, so that inductor can pre-pack them
+        # and generate its own matmul kernels (it is read at compile time, which happens inside this call).
+        with torch._inductor.config.patch(freezing=True):
+            return compiled_step(*args, **kwargs)
+
+    return run
 
 
-def cache_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
+def batch_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
     """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
     need = max(len(p) + n for p, n in zip(batch.prompts, batch.max_new_tokens)) + extra_slots
     if compile_mode is None:
@@ -188,11 +193,40 @@ def cache_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str
     return min(-(-need // CAPACITY_BUCKET) * CAPACITY_BUCKET, max(need, limit))
 
 
-def static_inputs(mode: str | None, *tensors: torch.Tensor) -> None:
-    """With CUDA graphs, marks tensors that a step updates in place (cache, state) as fixed addresses."""
-    if mode is not None and "triton.cudagraphs" in torch._inductor.list_mode_options(mode):
-        for t in tensors:
+def uses_cuda_graphs(mode: str | None) -> bool:
+    return mode is not None and bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
+
+
+_STATIC_BUFFERS: dict[tuple, tuple[KVCache, DecodeState]] = {}
+MAX_STATIC_BUFFERS = 4  # shapes whose buffers are kept between calls
+
+
+def decode_buffers(model: Qwen3ForCausalLM, batch_size: int, capacity: int, mode: str | None) -> tuple[KVCache, DecodeState]:
+    """The cache and the state tensors of one decode, all rows at length 0.
+
+    A CUDA-graph step replays with the addresses it was captured with, so under such a mode the
+    buffers of each shape are allocated once, marked as fixed addresses, and reused by every later
+    call (a few shapes are kept). Otherwise they are allocated per call.
+    """
+    def allocate() -> tuple[KVCache, DecodeState]:
+        zeros = lambda dtype: torch.zeros(batch_size, dtype=dtype, device=model.device)  # noqa: E731
+        return (model.new_cache(capacity, batch_size),
+                DecodeState(zeros(torch.long), zeros(torch.long), zeros(torch.bool), zeros(torch.long)))
+
+    if not uses_cuda_graphs(mode):
+        return allocate()
+    c = model.config
+    key = (id(model), c.num_hidden_layers, c.num_key_value_heads, c.head_dim, model.dtype, str(model.device), batch_size, capacity)
+    if key not in _STATIC_BUFFERS:
+        if len(_STATIC_BUFFERS) >= MAX_STATIC_BUFFERS:
+            _STATIC_BUFFERS.pop(next(iter(_STATIC_BUFFERS)))
+        cache, state = allocate()
+        for t in (*cache.k, *cache.v, cache.lengths, *vars(state).values()):
             torch._dynamo.mark_static_address(t)
+        _STATIC_BUFFERS[key] = (cache, state)
+    cache, state = _STATIC_BUFFERS[key]
+    cache.lengths.zero_()
+    return cache, state
 
 
 # --------------------------------------------------------------------------- the loop
@@ -230,18 +264,28 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dic
     check(cache, rows, out) runs after every step on the host copy of the step's outputs (check=True).
     """
     B, device = len(batch.prompts), model.device
-    cache = model.new_cache(cache_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode), B)
-    seed_rows = sampling.row_seeds(B, device) if seeds is None else torch.tensor(list(seeds), dtype=torch.long, device=device)
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise OrthrusError(f"compile mode {compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
+    if seeds is not None:
+        seed_rows = torch.tensor(list(seeds), dtype=torch.long, device=device)
+    elif sampling.greedy:
+        seed_rows = torch.zeros(B, dtype=torch.long, device=device)  # unused: no random number is drawn (nor taken from torch's RNG)
+    else:
+        seed_rows = sampling.row_seeds(B, device)
     if seed_rows.shape != (B,):
         raise OrthrusError(f"seeds has {seed_rows.numel()} entries for {B} prompts")
+    capacity = batch_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode)
+    cache, state = decode_buffers(model, B, capacity, compile_mode)
     if compile_mode is not None:
         step = compiled(step, compile_mode)
 
     t0 = time.perf_counter()
     first = prefill(model, cache, batch, sampling, seed_rows)  # (B,)
     budgets = torch.tensor(batch.max_new_tokens, device=device)  # (B,)
-    state = DecodeState(first, budgets - 1, (first[:, None] == eos).any(-1) | (budgets == 1), seed_rows)
-    static_inputs(compile_mode, *cache.k, *cache.v, cache.lengths, *vars(state).values())
+    state.x_p.copy_(first)
+    state.remaining.copy_(budgets - 1)
+    state.done.copy_((first[:, None] == eos).any(-1) | (budgets == 1))
+    state.seeds.copy_(seed_rows)
     host = to_host(first[:, None], state.done[:, None])
     t1 = time.perf_counter()
     out = [Generation([row[0]], "length", prefill_s=t1 - t0) for row in host]

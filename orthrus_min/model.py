@@ -262,9 +262,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, m
     mask (B or 1, 1, T, S) bool, True = visible: `block_mask` of a cache, or training's dual-pass mask.
     lengths (B,) without a mask: k, v are a cache whose row b holds L_b entries before the block;
     the visibility rule is `block_mask`'s (backend "triton": our kernel applies it itself, reading
-    only the keys a row needs). Neither: the keys are the block's own (S = T), causal or all visible.
+    only the keys a row needs). Neither: L = S - T cached keys, then the block's own (S = T: the
+    block alone), causal or all visible.
     Returns (B, H, T, D).
     """
+    if mask is None and lengths is None and k.shape[2] != q.shape[2]:  # keys = a prefix, then the block: L = S - T for every row
+        lengths = torch.full((q.shape[0],), k.shape[2] - q.shape[2], device=q.device)
     if mask is None and lengths is not None:
         if backend == "triton":
             from .triton_attn import block_attention

@@ -156,6 +156,16 @@ def test_greedy_orthrus_equals_torch_on_heldout_prompts(shipped):
     assert np.mean(runs) > 2.5  # the shipped diffusion view drafts well (measured: 3.35)
 
 
+def test_sampled_outputs_equal_torch_given_a_seed(shipped):
+    """Counter-based random numbers: with the same seed both backends draw the same tokens (2 prompts, Orthrus and AR)."""
+    tm, mm, prompts = shipped
+    for seed, ids in enumerate(prompts[:2]):
+        params = SamplingParams(temperature=0.8, top_k=40, seed=seed)
+        assert generate_orthrus(mm, ids, 24, params, block_size=8, ignore_eos=True).tokens == \
+            torch_generate_orthrus(tm, ids, 24, params, block_size=8, ignore_eos=True).tokens
+        assert generate_ar(mm, ids, 16, params, ignore_eos=True).tokens == torch_generate_ar(tm, ids, 16, params, ignore_eos=True).tokens
+
+
 def test_greedy_ar_equals_torch_on_heldout_prompts(shipped):
     tm, mm, prompts = shipped
     for ids in prompts[4:6]:

@@ -166,15 +166,21 @@ def test_the_documented_commands_still_parse():
     readme = (DEFAULT_MODEL.parent.parent.parent / "README.md").read_text()
     commands = []
     for text in (card, readme):
+        variables = {"STD": "stdlib", "d": "math", "NODE_RANK": "0", "HEAD": "localhost"}  # as a shell reading the file would
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
             joined = block.replace("\\\n", " ")
             for line in joined.splitlines():
-                if "python -m orthrus_min.train " in line:
-                    commands.append(line.split("python -m orthrus_min.train ", 1)[1].replace("$D", "--data a b"))
-    assert len(commands) >= 9
+                for name, value in re.findall(r'(?:^|;|\s)([A-Za-z_]+)=("[^"]*"|\S+)', line.split("#")[0]):
+                    variables[name] = value.strip('"')
+                if "-m orthrus_min.train " in line:
+                    command = line.split("-m orthrus_min.train ", 1)[1].split("#")[0]
+                    for _ in range(3):  # variables inside variables ($D holds $M and $R)
+                        command = re.sub(r"\$([A-Za-z_]+)", lambda m: variables.get(m.group(1), m.group(0)), command)
+                    commands.append(command)
+    assert len(commands) >= 12
     parser = build_parser()
     for command in commands:
-        parser.parse_args(shlex.split(command.replace("$STD/", "")))
+        parser.parse_args(shlex.split(command))
 
 
 def test_progress_writes_a_line_per_interval_when_not_on_a_terminal():

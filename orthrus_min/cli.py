@@ -28,26 +28,53 @@ class Parser(argparse.ArgumentParser):
         raise OrthrusError(f"{message} (see {self.prog} --help)")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
+# --------------------------------------------------------------------------- argparse value types
+
+
+def number(text: str, kind, check, expected: str):
+    """`text` as `kind` (int or float) if `check` accepts it, else argparse's one-line type error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not check(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return number(text, int, lambda v: v >= 1, "an integer >= 1")
 
 
 def nonnegative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    """An integer >= 0."""
+    return number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return number(text, float, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def int_list(minimum: int):
+    """A type: '4,8,16' -> [4, 8, 16], each >= minimum, at least one."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
+        return values
+
+    return parse
 
 
 def one_line(message: object) -> str:
@@ -73,4 +100,5 @@ def run_main(run: Callable[[], int]) -> int:
         return EXIT_BROKEN_PIPE
 
 
-__all__ = ["Parser", "positive_int", "nonnegative_int", "one_line", "run_main", "EXIT_USAGE"]
+__all__ = ["Parser", "number", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "int_list", "one_line",
+           "run_main", "EXIT_USAGE"]

@@ -58,16 +58,18 @@ def make_hf_model(seed: int = 0, **overrides):
     return model
 
 
-def make_tokenizer_files(folder: Path, vocab_size: int = 300) -> None:
-    """Trains a byte-level BPE on TEXT and writes tokenizer.json and tokenizer_config.json (with the Qwen3 chat template)."""
+def make_tokenizer_files(folder: Path, vocab_size: int = 300, special_tokens: list[str] = SPECIAL_TOKENS,
+                         extra_texts: list[str] = ()) -> None:
+    """Trains a byte-level BPE on TEXT (and extra_texts) and writes tokenizer.json and tokenizer_config.json (with the
+    Qwen3 chat template and eos_token <|im_end|>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([TEXT] * 4, trainer)
+    tok.train_from_iterator([TEXT] * 4 + list(extra_texts), trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer",

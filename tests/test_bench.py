@@ -326,19 +326,7 @@ def test_module_entry_point_reports_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orthrus_min.bench", "ar", "--repeats", "0"], cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == "error: argument --repeats: expected an integer >= 1, got '0'\n"
-
-
-def test_bench_attn_entry_point_kept(capsys):
-    from orthrus_min.bench_attn import main as attn_main
-
-    if torch.cuda.is_available():
-        pytest.skip("the message for machines without a GPU")
-    assert attn_main(["--block", "0"]) == 2 and "argument --block" in capsys.readouterr().err
-    assert attn_main([]) == 2 and capsys.readouterr().err == "error: bench attn needs a CUDA GPU\n"
-
-
-# --------------------------------------------------------------------------- help and flags
+    assert proc.stderr == "error: argument --repeats: expected an integer >= 1, got '0' (see python -m orthrus_min.bench ar --help)\n"
 
 
 def subparsers() -> dict:

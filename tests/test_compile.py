@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from orthrus_min.ar import generate_ar
 from orthrus_min.consensus import generate_orthrus

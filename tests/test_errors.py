@@ -41,12 +41,6 @@ def edit_tensors(folder, fn):
     save_file(state, folder / "model.safetensors")
 
 
-def run_cli(capsys, *args) -> tuple[int, str]:
-    rc = main(list(args))
-    err = capsys.readouterr().err
-    return rc, err
-
-
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -299,14 +299,8 @@ def test_sampled_tokens_follow_the_counter_based_rule(twins):
 
 # --------------------------------------------------------------------------- sampling is lossless: chi-square tests
 
-V, MASK = 16, 15
-CONTEXT = [3, 9, 4, 1, 12, 7]  # the prompt; for the rule tests its last token is x_p
-SETTINGS = {
-    "T1.0": SamplingParams(temperature=1.0),
-    "T0.7-topk5": SamplingParams(temperature=0.7, top_k=5),
-    "T1.0-topp0.8": SamplingParams(temperature=1.0, top_p=0.8),
-    "T0.7-topk8-topp0.9": SamplingParams(temperature=0.7, top_k=8, top_p=0.9),
-}
+from test_sampling_lossless import CONTEXT, MASK, SETTINGS, V  # noqa: E402  the torch test's setting, on MLX
+from test_sampling_lossless import chi_square as torch_chi_square  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -346,18 +340,8 @@ def exact_ar_joint(model, sampling: SamplingParams) -> np.ndarray:
 
 
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, float, int]:
-    """(p-value, total variation, samples in impossible cells); cells expecting fewer than 5 samples are pooled."""
-    counts, probs = counts.ravel().astype(np.float64), probs.ravel()
-    n = counts.sum()
-    impossible = int(counts[probs == 0].sum())
-    expected = n * probs
-    big = expected >= 5
-    observed = np.append(counts[big], counts[~big].sum())
-    expected = np.append(expected[big], expected[~big].sum())
-    stat = float(((observed - expected) ** 2 / np.maximum(expected, 1e-12)).sum())
-    dof = len(observed) - 1
-    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
-    return p_value, float(np.abs(counts / n - probs).sum() / 2), impossible
+    """(p-value, total variation, samples in impossible cells): the torch test's chi-square on numpy counts."""
+    return torch_chi_square(torch.from_numpy(counts), torch.from_numpy(probs))
 
 
 def looks_like_ar(counts: np.ndarray, probs: np.ndarray) -> bool:

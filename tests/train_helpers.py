@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import CHAT_TEMPLATE, TEXT, make_hf_model
+from conftest import make_hf_model, make_tokenizer_files
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat_tiny.jsonl"
@@ -28,19 +28,7 @@ def chat_corpus() -> list[str]:
 
 def qwen3_style_tokenizer(folder: Path, vocab_size: int = 300) -> None:
     """A byte-level BPE with Qwen3's special tokens (no <|mask|>), its chat template and eos_token <|im_end|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN3_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([TEXT] * 4 + chat_corpus(), trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer",
-              "chat_template": CHAT_TEMPLATE.read_text()}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    make_tokenizer_files(folder, vocab_size, special_tokens=QWEN3_SPECIALS, extra_texts=chat_corpus())
 
 
 def tiny_base(folder: Path, seed: int = 0, vocab_size: int = 320, **overrides):

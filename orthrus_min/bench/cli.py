@@ -16,70 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import OrthrusError
+from ..cli import Parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
+from ..engine import COMPILE_MODES
 from .common import check_writable_file, check_writable_folder, write_json, write_text
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MODEL_COMMANDS = ("all", "orthrus", "ar", "forward")  # run a model and write OUT/bench_<command>.{json,md}
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, except that a usage mistake raises OrthrusError (one line `error: …`, exit 2) instead of printing usage."""
-
-    def error(self, message: str):
-        """Called by argparse with what was wrong with the command line."""
-        raise OrthrusError(message)
-
-
-# --------------------------------------------------------------------------- value types
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def int_list(minimum: int):
-    """A type: '4,8,16' -> [4, 8, 16], each >= minimum, at least one."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            values = None
-        if not values or min(values) < minimum:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {minimum}, got {text!r}")
-        return values
-
-    return parse
 
 
 def layout_list(text: str) -> list[str]:
@@ -291,12 +232,4 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m orthrus_min.bench`: returns the exit status (2 and one line `error: …` for any user mistake)."""
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        return run(args)
-    except OrthrusError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message holds
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run_main(lambda: run(build_parser().parse_args(sys.argv[1:] if argv is None else argv)))

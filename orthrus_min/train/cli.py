@@ -16,57 +16,31 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_USAGE, Parser, nonnegative_int, positive_int, run_main
+from ..cli import EXIT_USAGE, Parser, int_list, nonnegative_int, number, positive_float, positive_int, run_main
 from ..errors import OrthrusError
-
-
-def _number(text: str, kind, check, expected: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if not check(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    return _number(text, float, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
 def fraction(text: str) -> float:
     """A number in [0, 1]."""
-    return _number(text, float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+    return number(text, float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
 
 
 def decay(text: str) -> float:
     """A number in (0, 1]."""
-    return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    return number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def percent(text: str) -> float:
     """A percentage in (0, 100)."""
-    return _number(text, float, lambda v: 0 < v < 100, "a percentage in (0, 100)")
+    return number(text, float, lambda v: 0 < v < 100, "a percentage in (0, 100)")
 
 
 def warmup(text: str) -> int | str:
     """Warm-up steps: an integer >= 0, or a share of the steps such as 5%."""
     if text.endswith("%"):
-        _number(text[:-1], float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
+        number(text[:-1], float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
         return text
     return nonnegative_int(text)
-
-
-def int_list(text: str) -> list[int]:
-    """'4,8,16' -> [4, 8, 16]: integers >= 1, at least one."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
 
 
 def weight_list(text: str) -> list[float]:
@@ -171,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--block-size", type=positive_int, default=None,
                    help="K, tokens per draft block, stored as the checkpoint's block_size (default: the checkpoint's, or 16 "
                         "for a base model; the paper: 32)")
-    o.add_argument("--train-block-sizes", type=int_list, default=None, metavar="K1,K2,…",
+    o.add_argument("--train-block-sizes", type=int_list(1), default=None, metavar="K1,K2,…",
                    help="draw each step's block size from these (each 2 … --block-size), so that the view drafts well at "
                         "each (default: --block-size only)")
     o.add_argument("--mask-token-id", type=int, default=None,

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from orthrus_min.generate import main
 from orthrus_helpers import make_orthrus
@@ -265,4 +264,30 @@ def test_python_api_errors_are_one_line():
         llm.generate([])
     with pytest.raises(OrthrusError, match="no such checkpoint folder"):
         load("/no/such/folder")
-    assert torch.get_num_threads() >= 1
+
+
+def test_backend_mlx_without_mlx_names_the_extra(capsys, orthrus_ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlx", None)  # `import mlx.core` now fails, as on a machine without MLX
+    monkeypatch.setitem(sys.modules, "mlx.core", None)
+    for name in [m for m in sys.modules if m.startswith("orthrus_min.mlx.")]:
+        monkeypatch.delitem(sys.modules, name)
+    code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", "x", "--backend", "mlx")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: ") and 'pip install "orthrus-min[mlx]"' in err
+
+
+def test_every_flag_has_help_and_states_its_default_once(capsys):
+    from orthrus_min.generate import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, action.dest
+        assert action.help.count("default:") <= 1, action.dest
+        if action.default not in (None, False) and action.dest not in ("device", "dtype", "attn", "backend"):
+            assert f"default: {action.default}" in action.help, action.dest
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "--max-new-tokens" in text

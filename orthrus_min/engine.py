@@ -261,7 +261,7 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dic
     step(model, cache, state, **step_args) -> (run (B, R), kept (B,), *extra): one iteration for the
     whole batch, on the device; it ends with `commit`, so the first kept[b] tokens of run[b] are
     row b's new tokens. record_runs: note each step's kept length (Orthrus's acceptance lengths).
-    check(cache, rows, out) runs after every step on the host copy of the step's outputs (check=True).
+    check(cache, rows, batch, out) runs after every step on the host copy of the step's outputs (check=True).
     """
     B, device = len(batch.prompts), model.device
     if compile_mode is not None and compile_mode not in COMPILE_MODES:

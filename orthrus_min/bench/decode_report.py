@@ -116,8 +116,8 @@ def context_table(r: dict) -> list[str]:
 
 def batch_size_table(r: dict) -> list[str]:
     """The batch-size sweep."""
-    lines = ["", f"## By batch size (greedy, K = {r['settings']['block_size']}: prompts decoded together)", "",
-             "| B | method | tokens/s (all rows) | vs AR at this B | acceptance τ | tokens / batch forward | identical to AR |",
+    lines = ["", f"## By batch size (greedy, K = {r['settings']['block_size']}: the first B prompts decoded together)", "",
+             "| B | method | tokens/s (all rows) | vs AR at this B (eager vs eager, compiled vs compiled) | acceptance τ | tokens / batch forward | identical to AR |",
              "|---:|---|---:|---:|---:|---:|---|"]
     for q in r["batch_size_sweep"]:
         for name in [k for k in q if k not in ("batch_size", "repeated_prompts")]:

@@ -28,6 +28,13 @@ class Parser(argparse.ArgumentParser):
         raise OrthrusError(f"{message} (see {self.prog} --help)")
 
 
+def command_parser(prog: str, description: str | None, metavar: str) -> tuple[Parser, argparse._SubParsersAction]:
+    """A Parser for a command with sub-commands (`python -m orthrus_min.train <stage>`), and its sub-parser group."""
+    p = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar=metavar, parser_class=Parser)
+    return p, sub
+
+
 # --------------------------------------------------------------------------- argparse value types
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import Parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
+from ..cli import command_parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
 from ..engine import COMPILE_MODES
 from .common import check_writable_file, check_writable_folder, write_json, write_text
 
@@ -115,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .random_model import PRESETS
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = Parser(prog="python -m orthrus_min.bench", description=package_doc, formatter_class=fmt)
-    sub = p.add_subparsers(dest="command", required=True, metavar="command", parser_class=Parser)
+    p, sub = command_parser("python -m orthrus_min.bench", package_doc, "command")
     repeats_smoke = "timed rounds after the warm-up; the median is reported (default: 5; with --smoke: 1)"
 
     help_ = "our AR decode vs Transformers generate on a random prompt: tokens/s and ratio"

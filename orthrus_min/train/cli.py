@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_USAGE, Parser, int_list, nonnegative_int, number, positive_float, positive_int, run_main
+from ..cli import EXIT_USAGE, command_parser, int_list, nonnegative_int, number, positive_float, positive_int, run_main
 from ..errors import OrthrusError
 
 
@@ -116,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __doc__ as package_doc
     from .pretrain import MODEL_PRESETS
 
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = Parser(prog="python -m orthrus_min.train", description=package_doc, formatter_class=fmt)
-    sub = p.add_subparsers(dest="command", required=True, metavar="stage", parser_class=Parser)
+    p, sub = command_parser("python -m orthrus_min.train", package_doc, "stage")
 
     help_ = "stage 1: train a byte-level BPE tokenizer on the corpus"
     tok = sub.add_parser("tokenizer", help=help_, description=help_)

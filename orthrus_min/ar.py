@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .engine import DecodeState, Generation, TokenCallback, commit, decode, eos_tensor, make_batch, result
+from .engine import Compiler, DecodeState, Generation, Step, TokenCallback, commit, decode, eos_tensor, make_batch, result
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
 from .sampling import SamplingParams, pick_tokens
@@ -30,20 +30,20 @@ def ar_step(model: Qwen3ForCausalLM, cache: KVCache, state: DecodeState, samplin
 @torch.inference_mode()
 def generate_ar(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence[int] = 128,
                 sampling: SamplingParams = SamplingParams(), eos_token_id: int | Sequence[int] | None = None,
-                on_tokens: TokenCallback | None = None, ignore_eos: bool = False, compile_mode: str | None = None,
+                on_tokens: TokenCallback | None = None, ignore_eos: bool = False, compile_mode: str | Compiler | None = None,
                 seeds: Sequence[int] | None = None) -> Generation | list[Generation]:
     """Decodes up to `max_new_tokens` tokens after each prompt, one AR forward per token.
 
     prompts: one list of token ids (returns one Generation) or a list of them (returns one per
     prompt, in order); max_new_tokens: one budget or one per prompt. A row stops at the first id
     in `eos_token_id` (default: the config's; it is emitted) unless `ignore_eos`. `on_tokens(row,
-    tokens)` is called with each row's new tokens. compile_mode: None (eager) or a torch.compile
-    mode for the step. seeds: one sampling seed per prompt (default: `sampling.seed` for every row).
+    tokens)` is called with each row's new tokens. compile_mode: None (eager), a torch.compile
+    mode for the step, or a `Compiler` held by the caller. seeds: one sampling seed per prompt (default: `sampling.seed` for every row).
     """
-    batch = make_batch(model, prompts, max_new_tokens)
+    step = Step(ar_step, forwards=1)
+    batch = make_batch(model, prompts, max_new_tokens, step.extra_slots)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
-    generations = decode(model, batch, ar_step, dict(sampling=sampling, eos=eos), sampling=sampling, eos=eos,
-                         extra_slots=0, forwards_per_step=1, on_tokens=on_tokens, compile_mode=compile_mode, seeds=seeds)
+    generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=compile_mode)
     return result(batch, generations)
 
 

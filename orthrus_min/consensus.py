@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .engine import DecodeState, Generation, TokenCallback, commit, decode, eos_tensor, make_batch, result
+from .blocksize import CANDIDATES, BlockSizeChooser, measure_step_costs
+from .engine import Compiler, DecodeState, Generation, Step, TokenCallback, commit, decode, eos_tensor, make_batch, result
 from .errors import OrthrusError
 from .kvcache import KVCache
 from .model import Qwen3Config, Qwen3ForCausalLM, require_diffusion_view
@@ -39,19 +40,28 @@ class ConsensusCheckError(RuntimeError):
     """`check=True` found a committed token that is not the AR view's choice: a decoder bug."""
 
 
-def resolve_block_size(config: Qwen3Config, block_size: int | None) -> int:
-    """K for this run: `block_size` if given (1 … the config's `block_size`), else the config's."""
+def resolve_block_size(config: Qwen3Config, block_size: int | str | None) -> int | str:
+    """K for this run: `block_size` if given (1 … the config's `block_size`, or "auto"), else the config's."""
     configured = config.block_size
     if block_size is None:
         if configured is None:
             raise OrthrusError("config.json has no block_size: pass a block size (--block-size K)")
         return configured
-    if not isinstance(block_size, int) or block_size < 1:
-        raise OrthrusError(f"block size must be an int >= 1, got {block_size!r}")
+    if block_size == "auto":
+        if configured is None:
+            raise OrthrusError("config.json has no block_size, so 'auto' has no largest block to choose up to: pass --block-size K")
+        return block_size
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise OrthrusError(f"block size must be an int >= 1 or 'auto', got {block_size!r}")
     if configured is not None and block_size > configured:
         raise OrthrusError(f"block size {block_size} is larger than the checkpoint's block_size {configured} "
                            f"(the diffusion view was trained for blocks of at most {configured} tokens)")
     return block_size
+
+
+def auto_candidates(config: Qwen3Config) -> list[int]:
+    """The block sizes `auto` chooses from: powers of two up to the checkpoint's block_size (and that size itself)."""
+    return sorted({K for K in CANDIDATES if K <= config.block_size} | {config.block_size})
 
 
 def cache_capacity(num_prompt: int, max_new_tokens: int, block_size: int) -> int:
@@ -97,12 +107,13 @@ def speculative_accept(draft_tokens: torch.Tensor, q_probs: torch.Tensor, p_prob
     return n, sample_from(residual, u_token.gather(1, n[:, None])[:, 0])
 
 
-def orthrus_step(model: Qwen3ForCausalLM, cache: KVCache, state: DecodeState, block_size: int, sampling: SamplingParams,
-                 eos: torch.Tensor, check: bool = False) -> tuple[torch.Tensor, ...]:
+def orthrus_step(model: Qwen3ForCausalLM, cache: KVCache, state: DecodeState, sampling: SamplingParams,
+                 eos: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One draft -> verify -> accept -> roll back iteration for every row of the batch.
 
-    Returns (run (B, K), kept (B,)) — row b's new tokens are run[b, :kept[b]] — plus, with
-    check, (B,) flags that every kept token is the AR view's choice in the same verify pass.
+    Returns (run (B, K), kept (B,), verified (B,)): row b's new tokens are run[b, :kept[b]];
+    verified[b] says that each of them is the AR view's choice in the same verify pass — a few
+    elementwise ops beside two forwards, read on the host only when the caller asks (`check`).
     """
     K, B = block_size, state.x_p.shape[0]
     p = cache.lengths.clone()  # (B,): position of x_p; each row's cache holds positions 0 … p-1
@@ -137,8 +148,8 @@ def orthrus_step(model: Qwen3ForCausalLM, cache: KVCache, state: DecodeState, bl
     # 4. Roll back: keep x_p and the accepted drafts (their K/V came from the AR view with the right
     # inputs), cut at EOS and at the budget; the run's last token is the next x_p, outside the cache.
     kept = commit(cache, state, p, run, n + 1, eos)  # (B,)
-    if not check:
-        return run, kept
+
+    # What `check` reads on the host: is every kept token one the AR view could have chosen?
     in_run = torch.arange(K, device=p.device) < kept[:, None]  # (B, K)
     if sampling.greedy:
         chosen = run == ar_logits.argmax(-1)  # (B, K): the AR view's argmax at each index
@@ -148,14 +159,14 @@ def orthrus_step(model: Qwen3ForCausalLM, cache: KVCache, state: DecodeState, bl
 
 
 def check_rows(sampling: SamplingParams):
-    """check=True: after each step, every committed token was the verifier's choice, and every row's
-    cache holds its prompt + committed tokens - 1 entries (x_p, the newest token, is not in it)."""
+    """check=True, on the host after each step: every committed token was the verifier's choice (the
+    step's `verified` flag), and every row's cache holds its prompt + committed tokens - 1 entries
+    (x_p, the newest token, is not in it)."""
     choice = "argmax" if sampling.greedy else "distribution"
 
-    def check(cache: KVCache, rows: list[list[int]], batch, out: list[Generation]) -> None:
-        lengths = cache.lengths.tolist()
-        for b, row in enumerate(rows):
-            if not row[-1]:  # the step's last output: all kept tokens chosen
+    def check(lengths: list[int], flags: list[list[int]], batch, out: list[Generation]) -> None:
+        for b, (verified,) in enumerate(flags):
+            if not verified:
                 what = "argmax" if choice == "argmax" else "distribution: it has probability 0 under the AR view's warped distribution"
                 raise ConsensusCheckError(f"check failed (row {b}): a committed token is not the AR view's {what} "
                                           "in the same verify pass")
@@ -169,30 +180,38 @@ def check_rows(sampling: SamplingParams):
 
 @torch.inference_mode()
 def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence[int] = 128,
-                     sampling: SamplingParams = SamplingParams(), block_size: int | None = None,
+                     sampling: SamplingParams = SamplingParams(), block_size: int | str | BlockSizeChooser | None = None,
                      eos_token_id: int | Sequence[int] | None = None, on_tokens: TokenCallback | None = None,
-                     ignore_eos: bool = False, check: bool = False, compile_mode: str | None = None,
+                     ignore_eos: bool = False, check: bool = False, compile_mode: str | Compiler | None = None,
                      seeds: Sequence[int] | None = None) -> Generation | list[Generation]:
     """Decodes up to `max_new_tokens` tokens after each prompt by draft -> verify -> accept -> roll back.
 
     prompts: one list of token ids (returns one Generation) or a list of them (returns one per
     prompt, in order); max_new_tokens: one budget or one per prompt. block_size: K, tokens per
-    diffusion pass (default: the config's). A row stops at the first id in `eos_token_id`
+    diffusion pass (default: the config's); "auto" chooses K before every step for speed
+    (`blocksize.py`), or pass a BlockSizeChooser to reuse its cost estimates. A row stops at the first id in `eos_token_id`
     (default: the config's; it is emitted) unless `ignore_eos`. `on_tokens(row, tokens)` is called
     with each row's committed run. `check`: assert that every committed token is the AR view's
     choice in the same verify pass (raises ConsensusCheckError otherwise). compile_mode: None
-    (eager) or a torch.compile mode for the step. seeds: one sampling seed per prompt.
-    Each Generation's `accepted` lists the tokens committed per iteration.
+    (eager), a torch.compile mode for the step, or a `Compiler` held by the caller. seeds: one
+    sampling seed per prompt. Each Generation's `accepted` lists the tokens committed per iteration.
     """
     require_diffusion_view(model.config)
-    K = resolve_block_size(model.config, block_size)
-    batch = make_batch(model, prompts, max_new_tokens, extra_slots=K)
+    chooser = block_size if isinstance(block_size, BlockSizeChooser) else None
+    K = resolve_block_size(model.config, None if chooser else block_size)
+    largest = max(chooser.candidates) if chooser else max(auto_candidates(model.config)) if K == "auto" else K
+    batch = make_batch(model, prompts, max_new_tokens, extra_slots=largest)
+    if K == "auto":  # price each candidate K on this machine, at this batch size
+        candidates = auto_candidates(model.config)
+        chooser = BlockSizeChooser(candidates, measure_step_costs(model, candidates, len(batch.prompts)))
+    step = Step(orthrus_step, {} if chooser else dict(block_size=K), forwards=2, extra_slots=largest, record_runs=True,
+                check=check_rows(sampling) if check else None, tuner=chooser)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
-    generations = decode(model, batch, orthrus_step, dict(block_size=K, sampling=sampling, eos=eos, check=check),
-                         sampling=sampling, eos=eos, extra_slots=K, forwards_per_step=2, on_tokens=on_tokens,
-                         compile_mode=compile_mode, seeds=seeds, record_runs=True, check=check_rows(sampling) if check else None)
+    generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=compile_mode)
+    for g in generations:  # the block size of each of the row's iterations
+        g.block_sizes = chooser.used[: len(g.accepted)] if chooser else [K] * len(g.accepted)
     return result(batch, generations)
 
 
-__all__ = ["generate_orthrus", "orthrus_step", "speculative_accept", "greedy_accept", "resolve_block_size",
+__all__ = ["generate_orthrus", "orthrus_step", "speculative_accept", "greedy_accept", "resolve_block_size", "auto_candidates",
            "cache_capacity", "ConsensusCheckError"]

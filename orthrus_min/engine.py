@@ -15,9 +15,11 @@ are what let a compiled step run without recompiling (and, on a GPU, as one CUDA
 batches of a few rows the wasted work is small; a serving engine with many requests would refill
 the finished row with a new request instead.
 
-`compiled(step, mode)` is the one place that calls torch.compile: each step is captured whole
-(fullgraph), once per (batch, block, capacity) shape — capacities are rounded up to a multiple of
-CAPACITY_BUCKET so that prompts of similar length share one compiled graph.
+A `Step` declares what the loop needs to know about a decoder (forwards per step, extra cache
+slots, whether to record acceptance, an optional host-side check). A `Compiler` is the one place
+that calls torch.compile: each step is captured whole (fullgraph), once per (batch, block,
+capacity) shape — capacities are rounded up to a multiple of CAPACITY_BUCKET so that prompts of
+similar length share one compiled graph — and it owns the static buffers CUDA graphs need.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Generation:
     prefill_s: float = 0.0  # time to first token
     decode_s: float = 0.0  # everything after the first token, until this row finished
     accepted: list[int] = field(default_factory=list)  # Orthrus: tokens committed per iteration (τ samples)
+    block_sizes: list[int] = field(default_factory=list)  # Orthrus: the block size K of each iteration
 
     @property
     def tokens_per_second(self) -> float:
@@ -164,69 +167,118 @@ def commit(cache: KVCache, state: DecodeState, p: torch.Tensor, run: torch.Tenso
     return kept
 
 
-# --------------------------------------------------------------------------- compiled steps
+# --------------------------------------------------------------------------- steps, eager or compiled
 
 
-@functools.cache
-def compiled(step: Callable, mode: str) -> Callable:
-    """`step` compiled whole (fullgraph, static shapes) with torch.compile `mode`; weights frozen as constants."""
-    # Every (model, batch, block, capacity, greedy-or-sampled) combination is its own graph: allow many
-    # more than dynamo's default of 8 per function, past which it would silently run the step eagerly.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-    compiled_step = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+@dataclass(frozen=True)
+class Step:
+    """A decoder as the loop sees it: one fixed-shape iteration, and what the loop must know about it.
 
-    @functools.wraps(step)
-    def run(*args, **kwargs):
-        # `freezing` folds the frozen weights into the graph as constants, so that inductor can pre-pack them
-        # and generate its own matmul kernels (it is read at compile time, which happens inside this call).
-        with torch._inductor.config.patch(freezing=True):
-            return compiled_step(*args, **kwargs)
-
-    return run
-
-
-def batch_capacity(batch: Batch, extra_slots: int, limit: int, compile_mode: str | None) -> int:
-    """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
-    need = max(len(p) + n for p, n in zip(batch.prompts, batch.max_new_tokens)) + extra_slots
-    if compile_mode is None:
-        return need
-    return min(-(-need // CAPACITY_BUCKET) * CAPACITY_BUCKET, max(need, limit))
-
-
-def uses_cuda_graphs(mode: str | None) -> bool:
-    return mode is not None and bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
-
-
-_STATIC_BUFFERS: dict[tuple, tuple[KVCache, DecodeState]] = {}
-MAX_STATIC_BUFFERS = 4  # shapes whose buffers are kept between calls
-
-
-def decode_buffers(model: Qwen3ForCausalLM, batch_size: int, capacity: int, mode: str | None) -> tuple[KVCache, DecodeState]:
-    """The cache and the state tensors of one decode, all rows at length 0.
-
-    A CUDA-graph step replays with the addresses it was captured with, so under such a mode the
-    buffers of each shape are allocated once, marked as fixed addresses, and reused by every later
-    call (a few shapes are kept). Otherwise they are allocated per call.
+    fn(model, cache, state, sampling, eos, **args) -> (run (B, R), kept (B,), *flags): one iteration
+    for the whole batch, on the device, ending with `commit`: the first kept[b] tokens of run[b]
+    are row b's new tokens. Any further (B,) outputs are copied to the host with them, for `check`.
     """
-    def allocate() -> tuple[KVCache, DecodeState]:
-        zeros = lambda dtype: torch.zeros(batch_size, dtype=dtype, device=model.device)  # noqa: E731
-        return (model.new_cache(capacity, batch_size),
-                DecodeState(zeros(torch.long), zeros(torch.long), zeros(torch.bool), zeros(torch.long)))
 
-    if not uses_cuda_graphs(mode):
-        return allocate()
-    c = model.config
-    key = (id(model), c.num_hidden_layers, c.num_key_value_heads, c.head_dim, model.dtype, str(model.device), batch_size, capacity)
-    if key not in _STATIC_BUFFERS:
-        if len(_STATIC_BUFFERS) >= MAX_STATIC_BUFFERS:
-            _STATIC_BUFFERS.pop(next(iter(_STATIC_BUFFERS)))
-        cache, state = allocate()
-        for t in (*cache.k, *cache.v, cache.lengths, *vars(state).values()):
-            torch._dynamo.mark_static_address(t)
-        _STATIC_BUFFERS[key] = (cache, state)
-    cache, state = _STATIC_BUFFERS[key]
-    cache.lengths.zero_()
-    return cache, state
+    fn: Callable
+    args: dict = field(default_factory=dict)  # the step's own settings (Orthrus: block_size)
+    forwards: int = 1  # model forwards per step after the prefill (AR 1, Orthrus 2)
+    extra_slots: int = 0  # cache slots needed beyond prompt + new tokens (Orthrus: one block)
+    record_runs: bool = False  # note each step's kept length per row (Orthrus's acceptance lengths)
+    check: Callable | None = None  # check(lengths, rows, batch, out) on the host after every step
+    tuner: object | None = None  # chooses args per step: tuner.next_args() -> dict; tuner.observe_step(args, kept, seconds)
+
+
+class Compiler:
+    """How steps run: eagerly (mode None) or compiled whole with torch.compile `mode`.
+
+    It owns what compiled decoding keeps between calls — the compiled steps and, under CUDA
+    graphs, the cache and state buffers of each shape — so a caller that decodes many times
+    (`LLM`, a benchmark) holds one Compiler and reuses both; nothing is kept at module level.
+    """
+
+    MAX_BUFFERS = 4  # CUDA graphs: shapes whose buffers are kept
+
+    def __init__(self, mode: str | None = None, notify: Callable[[str], None] | None = None):
+        if mode is not None and mode not in COMPILE_MODES:
+            raise OrthrusError(f"compile mode {mode!r} is unknown; choose one of {COMPILE_MODES}")
+        self.mode = mode
+        self.notify = notify  # told, in one line, before each new shape compiles (the CLI prints it)
+        self.cuda_graphs = mode is not None and bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
+        self._compiled: dict[Callable, Callable] = {}
+        self._buffers: dict[tuple, tuple[KVCache, DecodeState]] = {}
+        self._shapes: set[tuple] = set()
+
+    def __repr__(self) -> str:
+        return f"Compiler({self.mode!r})"
+
+    def compile(self, fn: Callable) -> Callable:
+        """`fn` compiled whole (fullgraph, static shapes) with weights frozen as constants; `fn` itself when eager."""
+        if self.mode is None:
+            return fn
+        if fn not in self._compiled:
+            compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode)
+
+            @functools.wraps(fn)
+            def run(*args, **kwargs):
+                # Both settings are read at compile time, which happens inside this call. `freezing` folds the
+                # frozen weights into the graph as constants, so that inductor can pre-pack them and generate
+                # its own matmul kernels. Every (model, batch, block, capacity, greedy-or-sampled) combination
+                # is its own graph: allow many more than dynamo's default of 8 per function, past which it
+                # would silently run the step eagerly.
+                with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=256):
+                    return compiled_fn(*args, **kwargs)
+
+            self._compiled[fn] = run
+        return self._compiled[fn]
+
+    def announce(self, fn: Callable, batch_size: int, args: dict, capacity: int) -> None:
+        """Tells `notify`, once per shape, that a step is about to be compiled for it (a compile takes seconds to minutes)."""
+        shape = (fn, batch_size, capacity, *sorted(args.items()))
+        if self.mode is None or self.notify is None or shape in self._shapes:
+            return
+        self._shapes.add(shape)
+        block = f", block size {args['block_size']}" if "block_size" in args else ""
+        self.notify(f"compiling {fn.__name__} ({self.mode}) for batch {batch_size}{block}, capacity {capacity}: the first "
+                    "call of each shape takes a while; later runs reuse the compile cache")
+
+    def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
+        """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
+        need = max(len(p) + n for p, n in zip(batch.prompts, batch.max_new_tokens)) + extra_slots
+        if self.mode is None:
+            return need
+        return min(-(-need // CAPACITY_BUCKET) * CAPACITY_BUCKET, max(need, limit))
+
+    def buffers(self, model: Qwen3ForCausalLM, batch_size: int, capacity: int) -> tuple[KVCache, DecodeState]:
+        """The cache and the state tensors of one decode, all rows at length 0.
+
+        A CUDA-graph step replays with the addresses it was captured with, so under such a mode the
+        buffers of each shape are allocated once, marked as fixed addresses, and reused by every later
+        call (a few shapes are kept). Otherwise they are allocated per call.
+        """
+        def allocate() -> tuple[KVCache, DecodeState]:
+            zeros = lambda dtype: torch.zeros(batch_size, dtype=dtype, device=model.device)  # noqa: E731
+            return (model.new_cache(capacity, batch_size),
+                    DecodeState(zeros(torch.long), zeros(torch.long), zeros(torch.bool), zeros(torch.long)))
+
+        if not self.cuda_graphs:
+            return allocate()
+        c = model.config
+        key = (id(model), c.num_hidden_layers, c.num_key_value_heads, c.head_dim, model.dtype, str(model.device), batch_size, capacity)
+        if key not in self._buffers:
+            if len(self._buffers) >= self.MAX_BUFFERS:
+                self._buffers.pop(next(iter(self._buffers)))
+            cache, state = allocate()
+            for t in (*cache.k, *cache.v, cache.lengths, *vars(state).values()):
+                torch._dynamo.mark_static_address(t)
+            self._buffers[key] = (cache, state)
+        cache, state = self._buffers[key]
+        cache.lengths.zero_()
+        return cache, state
+
+
+def compiler(compile_mode: str | Compiler | None) -> Compiler:
+    """A Compiler for a mode name (a new one, for one call), or the caller's own Compiler as it is."""
+    return compile_mode if isinstance(compile_mode, Compiler) else Compiler(compile_mode)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -252,20 +304,17 @@ def prefill(model: Qwen3ForCausalLM, cache: KVCache, batch: Batch, sampling: Sam
     return pick_tokens(logits, sampling, seeds, lengths[:, None])[:, 0]  # (B,): the tokens at positions P_b
 
 
-def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dict, *, sampling: SamplingParams,
-           eos: torch.Tensor, extra_slots: int, forwards_per_step: int, on_tokens: TokenCallback | None,
-           compile_mode: str | None, seeds: Sequence[int] | None = None, record_runs: bool = False,
-           check: Callable | None = None) -> list[Generation]:
+def decode(model: Qwen3ForCausalLM, batch: Batch, step: Step, sampling: SamplingParams, eos: torch.Tensor, *,
+           on_tokens: TokenCallback | None = None, seeds: Sequence[int] | None = None,
+           compile_mode: str | Compiler | None = None) -> list[Generation]:
     """The loop: prefill, then one `step` after another until every row is done; one Generation per row.
 
-    step(model, cache, state, **step_args) -> (run (B, R), kept (B,), *extra): one iteration for the
-    whole batch, on the device; it ends with `commit`, so the first kept[b] tokens of run[b] are
-    row b's new tokens. record_runs: note each step's kept length (Orthrus's acceptance lengths).
-    check(cache, rows, batch, out) runs after every step on the host copy of the step's outputs (check=True).
+    eos (E,): the ids that end a row. on_tokens(row, tokens) gets each row's new tokens as they come.
+    seeds: one sampling seed per row (default: `sampling`'s). compile_mode: eager (None), a
+    torch.compile mode, or a Compiler the caller holds (it keeps compiled steps and CUDA-graph buffers).
     """
     B, device = len(batch.prompts), model.device
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise OrthrusError(f"compile mode {compile_mode!r} is unknown; choose one of {COMPILE_MODES}")
+    runner = compiler(compile_mode)
     if seeds is not None:
         seed_rows = torch.tensor(list(seeds), dtype=torch.long, device=device)
     elif sampling.greedy:
@@ -274,10 +323,9 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dic
         seed_rows = sampling.row_seeds(B, device)
     if seed_rows.shape != (B,):
         raise OrthrusError(f"seeds has {seed_rows.numel()} entries for {B} prompts")
-    capacity = batch_capacity(batch, extra_slots, model.config.max_position_embeddings, compile_mode)
-    cache, state = decode_buffers(model, B, capacity, compile_mode)
-    if compile_mode is not None:
-        step = compiled(step, compile_mode)
+    capacity = runner.capacity(batch, step.extra_slots, model.config.max_position_embeddings)
+    cache, state = runner.buffers(model, B, capacity)
+    step_fn = runner.compile(step.fn)
 
     t0 = time.perf_counter()
     first = prefill(model, cache, batch, sampling, seed_rows)  # (B,)
@@ -294,24 +342,30 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Callable, step_args: dic
         for b in range(B):
             on_tokens(b, out[b].tokens[:])
     while not all(done):
-        run, kept, *extra = step(model, cache, state, **step_args)
-        rows = to_host(run, kept[:, None], state.done[:, None], *extra)  # the one host sync of the step
+        args = step.args if step.tuner is None else {**step.args, **step.tuner.next_args()}
+        runner.announce(step.fn, B, args, capacity)
+        t_step = time.perf_counter()
+        run, kept, *flags = step_fn(model, cache, state, sampling, eos, **args)
+        rows = to_host(run, kept[:, None], state.done[:, None], *flags)  # the one host sync of the step
         R = run.shape[1]
+        if step.tuner is not None:  # what the step showed, from the rows that go on decoding (not cut by EOS or budget)
+            step.tuner.observe_step(args, [row[R] for b, row in enumerate(rows) if not done[b] and not row[R + 1]],
+                               time.perf_counter() - t_step)
         for b, row in enumerate(rows):
             if done[b]:
                 continue
             new = row[: row[R]]
             out[b].tokens += new
-            out[b].num_forwards += forwards_per_step
-            if record_runs:
+            out[b].num_forwards += step.forwards
+            if step.record_runs:
                 out[b].accepted.append(len(new))
             if on_tokens:
                 on_tokens(b, new)
             if row[R + 1]:
                 done[b] = True
                 out[b].decode_s = time.perf_counter() - t1
-        if check is not None:
-            check(cache, rows, batch, out)
+        if step.check is not None:
+            step.check(cache.lengths.tolist(), [row[R + 2:] for row in rows], batch, out)
     stops = set(eos.tolist())
     for g in out:
         g.finish_reason = "eos" if g.tokens[-1] in stops else "length"
@@ -323,5 +377,5 @@ def result(batch: Batch, generations: list[Generation]) -> Generation | list[Gen
     return generations[0] if batch.single else generations
 
 
-__all__ = ["Generation", "Batch", "make_batch", "eos_ids", "eos_tensor", "DecodeState", "commit", "compiled", "decode", "result",
-           "COMPILE_MODES", "TokenCallback"]
+__all__ = ["Generation", "Batch", "make_batch", "eos_ids", "eos_tensor", "DecodeState", "commit", "Step", "Compiler", "decode",
+           "result", "COMPILE_MODES", "TokenCallback"]

@@ -7,10 +7,13 @@
     python -m orthrus_min.generate --prompt-file prompts.jsonl --batch-size 8 > out.jsonl   # a batch, JSON lines out
     python -m orthrus_min.generate --backend mlx --prompt "class Stack:"                    # Apple silicon (MLX)
 
-One prompt (--prompt): the continuation streams to stdout, timing and statistics go to stderr.
-A prompt file (--prompt-file, JSONL, "-" for stdin; format in orthrus_min/prompts.py): the
-prompts are decoded --batch-size at a time and each gives one JSON line, in input order.
-Every mistake on the command line prints one line `error: …` and exits with status 2.
+One prompt (--prompt TEXT, or --prompt-text-file FILE read verbatim): the continuation streams
+to stdout, timing and statistics go to stderr. A prompt file (--prompt-file, JSONL, "-" for
+stdin; format in orthrus_min/prompts.py): the prompts are decoded --batch-size at a time and each
+gives one JSON line, in input order; --output FILE (a regular file, or a new one) is written under
+a temporary name and renamed when complete. Exit status (orthrus_min/cli.py): 0 done; 2 one line
+`error: …` (a mistake, or a fault such as a full disk or a closed stdout); 1 an error that could
+not even be reported (stderr unusable); 130 Ctrl-C; 141 a closed pipe.
 
 Sampling: flags, else the checkpoint's generation_config.json, else greedy (see --stats).
 --echo is off by default so that stdout holds exactly the generated text (pipe it, diff it,
@@ -24,10 +27,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .cli import Parser, positive_int, run_main
-from .errors import OrthrusError
+from .cli import Parser, positive_int, require_stdout, run_main, write_stdout
+from .errors import OrthrusError, check_text
+from .request import MODES
 
-MODES = ("orthrus", "ar")
+
+def block_size_arg(text: str) -> int | str:
+    """--block-size: an integer, or 'auto'."""
+    return text if text == "auto" else int(text) if text.lstrip("-").isdigit() else text
 
 
 def build_parser() -> Parser:
@@ -40,6 +47,8 @@ def build_parser() -> Parser:
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt-file", help='a JSONL file of prompts, one {"prompt": …} per line ("-": standard input); '
                      "writes one JSON line per prompt")
+    src.add_argument("--prompt-text-file", metavar="FILE", help='a plain-text file read verbatim as the one prompt, trailing '
+                     'newlines kept ("-": standard input; UTF-8, at most 4 MiB)')
     p.add_argument("--chat", action="store_true", help="render the prompt as a user turn with the checkpoint's chat template")
     p.add_argument("--system", help="with --chat: a system message")
     p.add_argument("--no-thinking", action="store_true", help="with --chat: enable_thinking=False (Qwen3: no <think> block)")
@@ -51,9 +60,13 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed of every prompt (default: a random one per prompt)")
     p.add_argument("--mode", default=None, choices=MODES, help="orthrus: draft with the diffusion view, verify with the AR view; "
                    "ar: one token per forward (default: orthrus when the checkpoint has a diffusion view, else ar)")
-    p.add_argument("--block-size", type=int, default=None, help="orthrus: tokens per draft, 1 … the checkpoint's block_size (default: that)")
+    p.add_argument("--block-size", type=block_size_arg, default=None,
+                   help="orthrus: tokens per draft, 1 … the checkpoint's block_size, or auto: chosen before every step for the most "
+                        "tokens per second on this machine, from timed forwards and the acceptance so far; the output is the same "
+                        "(default: auto; MLX: the checkpoint's block_size)"),
     p.add_argument("--batch-size", type=positive_int, default=None, help="with --prompt-file: prompts decoded together (default: 8)")
-    p.add_argument("--output", help="with --prompt-file: write the JSON lines to this file (default: standard output)")
+    p.add_argument("--output", help="with --prompt-file: write the JSON lines to this file, a regular file replaced only "
+                   "once the run completes (default: standard output)")
     p.add_argument("--echo", action="store_true", help="print the prompt before its continuation")
     p.add_argument("--stats", action="store_true", help="print the sampling settings used, the acceptance-length histogram and tokens per forward")
     p.add_argument("--compare", action="store_true", help="also run the other mode on the same prompt; report whether the outputs "
@@ -63,7 +76,8 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto: bfloat16 on a GPU, float32 on a CPU (default: auto)")
     p.add_argument("--attn", default="auto", choices=("auto", "torch", "triton"),
                    help="attention: torch (SDPA) or triton (our kernel); auto = triton on CUDA when installed (default: auto)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for a model under "
+                   "50M parameters, else one per core that is not busy by the 1-minute load average; MLX chooses its own)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fixed-shape decode steps (the first call of each shape compiles)")
     p.add_argument("--compile-mode", default=None, help="with --compile: default, reduce-overhead (CUDA graphs), max-autotune or "
                    "max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default on a CPU)")
@@ -96,6 +110,8 @@ def warn_about_unused_flags(args, temperature: float) -> None:
         warn("--echo has no effect with --prompt-file (each JSON line holds its prompt's id)")
     if args.compile_mode is not None and not args.compile:
         warn("--compile-mode has no effect without --compile")
+    if args.threads is not None and args.backend == "mlx":
+        warn("--threads has no effect with --backend mlx (MLX chooses its own threads)")
 
 
 def choose_mode(args, config) -> str:
@@ -130,9 +146,14 @@ def compile_mode(args, device: str) -> str | None:
 
 
 def prompt_text(args) -> str:
+    """The one prompt: --prompt's text, or --prompt-text-file's content verbatim; checked to be non-empty valid Unicode."""
+    if args.prompt_text_file is not None:
+        from .prompts import read_prompt_text
+
+        return read_prompt_text(args.prompt_text_file)
     if not args.prompt:
         raise OrthrusError("the prompt is empty")
-    return args.prompt
+    return check_text(args.prompt, "--prompt")
 
 
 def request_ids(llm, text: str, chat: bool, system: str | None, enable_thinking: bool | None) -> list[int]:
@@ -167,6 +188,10 @@ def print_stats(mode: str, out) -> None:
         for length in range(1, max(counts) + 1):
             share = counts[length] / len(out.acceptance)
             print(f"  {length:3d} | {'#' * round(40 * share):<40} {counts[length]}", file=sys.stderr)
+    if out.block_sizes:
+        sizes = Counter(out.block_sizes)
+        print(f"[{mode}] block size K per iteration: " + ", ".join(f"K={K} ×{sizes[K]}" for K in sorted(sizes))
+              + f" (in order: {' '.join(map(str, out.block_sizes))})", file=sys.stderr)
     print(f"[{mode}] tokens per forward: {out.tokens_per_forward:.2f} ({len(out.token_ids) - 1} tokens after the first, "
           f"{out.num_forwards} forwards)", file=sys.stderr)
 
@@ -181,7 +206,7 @@ def record(prompt, out) -> dict:
     hist = None
     if out.acceptance:
         counts = Counter(out.acceptance)
-        hist = [counts[n] for n in range(1, (out.block_size or max(counts)) + 1)]
+        hist = [counts[n] for n in range(1, max(out.block_sizes) + 1)]
     return {"id": prompt.id, "text": out.text, "prompt_tokens": out.prompt_tokens, "new_tokens": len(out.token_ids),
             "finish_reason": out.finish_reason, "mode": out.mode, "acceptance_mean": out.acceptance_mean,
             "acceptance_histogram": hist, "tokens_per_forward": out.tokens_per_forward}
@@ -190,15 +215,14 @@ def record(prompt, out) -> dict:
 # --------------------------------------------------------------------------- the two ways of running
 
 
-def run_one(args, llm, mode: str, gen_kwargs: dict) -> int:
+def run_one(args, llm, mode: str, gen_kwargs: dict, text: str) -> int:
     """One prompt: stream its continuation to stdout, then timing, --stats and --compare lines to stderr."""
     from .consensus import ConsensusCheckError
 
-    ids = request_ids(llm, prompt_text(args), args.chat, args.system, False if args.no_thinking else None)
+    ids = request_ids(llm, text, args.chat, args.system, False if args.no_thinking else None)
 
     def write(row: int, piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+        write_stdout(piece, flush=True)
 
     def decode(mode: str, n: int, stream: bool = False):
         kw = dict(gen_kwargs, mode=mode, check=args.check and mode == "orthrus",
@@ -209,14 +233,13 @@ def run_one(args, llm, mode: str, gen_kwargs: dict) -> int:
         decode("ar", 2)
         decode("orthrus", 2)
     if args.echo:
-        sys.stdout.write(args.prompt)
+        write_stdout(text)
     try:
         out = decode(mode, args.max_new_tokens, stream=True)
     except ConsensusCheckError as e:  # a decoder bug, not bad input
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    write_stdout("\n", flush=True)
     print(timing_line(mode, out), file=sys.stderr)
     if args.stats:
         print(sampling_line(llm, args, out.sampling), file=sys.stderr)
@@ -241,38 +264,40 @@ def run_file(args, llm, mode: str, gen_kwargs: dict, prompts) -> int:
 
     from .consensus import resolve_block_size
 
-    extra = resolve_block_size(llm.config, args.block_size) if mode == "orthrus" else 0
+    K = resolve_block_size(llm.config, args.block_size) if mode == "orthrus" else 0
+    extra = llm.config.block_size if K == "auto" else K  # auto: room for its largest block
     limit = llm.config.max_position_embeddings
     requests = []
     for prompt in prompts:  # everything is checked before the first line is written
-        ids = request_ids(llm, prompt.text, prompt.chat or args.chat, prompt.system or args.system,
+        ids = request_ids(llm, prompt.text, prompt.chat, prompt.system or args.system,
                           prompt.enable_thinking if prompt.enable_thinking is not None else (False if args.no_thinking else None))
         budget = prompt.max_new_tokens or args.max_new_tokens
         if len(ids) + budget + extra > limit:
             raise OrthrusError(f"prompt {prompt.id!r}: {len(ids)} tokens + max_new_tokens {budget}"
                                f"{f' + one block ({extra})' if extra else ''} exceed the model's context of {limit} tokens")
         requests.append((prompt, ids, budget, prompt.seed if prompt.seed is not None else args.seed))
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    t0, outs, batch_size = time.perf_counter(), [], args.batch_size or 8
-    try:
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            seeds = None
-            if all(r[3] is not None for r in chunk):
-                seeds = [r[3] for r in chunk]
-            elif any(r[3] is not None for r in chunk):
-                import torch
+    t0, outs, lines, batch_size = time.perf_counter(), [], [], args.batch_size or 8
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        seeds = None
+        if all(r[3] is not None for r in chunk):
+            seeds = [r[3] for r in chunk]
+        elif any(r[3] is not None for r in chunk):
+            import torch
 
-                seeds = [r[3] if r[3] is not None else int(torch.randint(0, 2**62, ())) for r in chunk]
-            done = llm.generate([r[1] for r in chunk], [r[2] for r in chunk], mode=mode, seeds=seeds,
-                                check=args.check and mode == "orthrus", block_size=args.block_size, **gen_kwargs)
-            for (prompt, *_), out in zip(chunk, done):
-                sink.write(json.dumps(record(prompt, out), ensure_ascii=False) + "\n")
-            sink.flush()
-            outs += done
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+            seeds = [r[3] if r[3] is not None else int(torch.randint(0, 2**62, ())) for r in chunk]
+        done = llm.generate([r[1] for r in chunk], [r[2] for r in chunk], mode=mode, seeds=seeds,
+                            check=args.check and mode == "orthrus", block_size=args.block_size, **gen_kwargs)
+        text = "".join(json.dumps(record(prompt, out), ensure_ascii=False) + "\n" for (prompt, *_), out in zip(chunk, done))
+        if args.output is None:
+            write_stdout(text, flush=True)  # stdout: each batch as soon as it is done
+        else:
+            lines.append(text)
+        outs += done
+    if args.output is not None:  # a temporary name, renamed when complete: never a half-written file under the name
+        from .files import write_text_atomically
+
+        write_text_atomically(Path(args.output), "".join(lines), "--output")
     seconds = time.perf_counter() - t0
     tokens = sum(len(o.token_ids) for o in outs)
     line = f"[{mode}] {len(outs)} prompts (batch size {batch_size}): {tokens} tokens in {seconds:.2f} s, {tokens / seconds:.1f} tokens/s"
@@ -286,33 +311,40 @@ def run_file(args, llm, mode: str, gen_kwargs: dict, prompts) -> int:
 
 
 def run(args) -> int:
-    """Checks everything that can be checked cheaply, loads the model, then runs one prompt or a prompt file."""
+    """Checks everything that can be checked cheaply, loads the model, then runs one prompt or a prompt file.
+
+    The request (prompts, streams, --output) is checked first, before torch is even imported: a closed stdout or an
+    endless stdin is reported at once."""
+    from .prompts import read_prompt_file
+
+    if args.system is not None:
+        check_text(args.system, "--system")
+    prompts = read_prompt_file(args.prompt_file, chat=args.chat) if args.prompt_file is not None else None
+    text = prompt_text(args) if prompts is None else None
+    if args.output is not None and args.prompt_file is not None:
+        from .files import check_writable_file
+
+        check_writable_file(Path(args.output), "--output")
+    else:
+        require_stdout()  # started with stdout closed, there is nowhere to write
+
     from .api import generation_defaults, load
     from .model import DEFAULT_MODEL, Qwen3Config, resolve_checkpoint
-    from .prompts import read_prompt_file
     from .sampling import SamplingParams
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     folder = resolve_checkpoint(args.model if args.model is not None else default_model(DEFAULT_MODEL))
     defaults = generation_defaults(folder)
     temperature = args.temperature if args.temperature is not None else defaults.get("temperature", 0.0)
     SamplingParams(temperature, args.top_k if args.top_k is not None else 0, args.top_p if args.top_p is not None else 1.0,
                    args.seed)  # validates the flags before the slow load
     mode = choose_mode(args, Qwen3Config.from_json(folder / "config.json"))
-    prompts = read_prompt_file(args.prompt_file) if args.prompt_file is not None else None
-    if args.prompt is not None:
-        prompt_text(args)
-    if args.output is not None and args.prompt_file is not None:
-        check_writable(Path(args.output))
     warn_about_unused_flags(args, temperature)
     llm = load(folder, device=args.device, dtype=args.dtype, attn=args.attn, backend=args.backend,
-               compile=compile_mode(args, args.device), check_weights=not args.no_weight_check)
+               compile=compile_mode(args, args.device), threads=args.threads if args.backend == "torch" else None,
+               check_weights=not args.no_weight_check)
     gen_kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if prompts is None:
-        return run_one(args, llm, mode, gen_kwargs)
+        return run_one(args, llm, mode, gen_kwargs, text)
     gen_kwargs.pop("seed")  # per prompt, through seeds=
     return run_file(args, llm, mode, gen_kwargs, prompts)
 
@@ -322,19 +354,6 @@ def default_model(folder: Path) -> Path:
     if not (folder / "model.safetensors").exists():
         raise OrthrusError(f"the shipped default model is missing ({folder}); pass --model DIR or a Hub id")
     return folder
-
-
-def check_writable(path: Path) -> None:
-    """A clear error now, rather than after the whole run, when --output cannot be written."""
-    import os
-
-    if path.is_dir():
-        raise OrthrusError(f"--output {path}: is a folder")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OrthrusError(f"--output {path}: the folder {folder} does not exist")
-    if not os.access(path if path.exists() else folder, os.W_OK):
-        raise OrthrusError(f"--output {path}: not writable")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ from .kvcache import KVCache
 VIEWS = ("ar", "diffusion")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "orthrus-stdlib-tiny"  # the small model shipped with the package
 ATTN_BACKENDS = ("torch", "triton")
-MAX_KERNEL_BLOCK = 64  # the Triton kernel takes blocks of at most this many queries; a longer prefill uses SDPA
+MAX_KERNEL_BLOCK = 64  # the Triton kernel takes blocks of at most this many queries; a longer prefill: see `attention`
+MAX_POSITIONS = 2**20  # the longest context a config may ask for: the RoPE tables hold every position (1 GiB at head_dim 128)
 
 
 # --------------------------------------------------------------------------- config
@@ -107,6 +108,12 @@ class Qwen3Config:
         num_kv_heads = d.get("num_key_value_heads") or num_heads
         if num_heads % num_kv_heads:
             raise OrthrusError(f"config.json: num_attention_heads={num_heads} is not a multiple of num_key_value_heads={num_kv_heads}")
+        head_dim = d.get("head_dim") or d["hidden_size"] // num_heads
+        positions = d.get("max_position_embeddings", 32768)
+        if positions > MAX_POSITIONS:  # refused before the RoPE tables (cos and sin, fp32, positions x head_dim) exist
+            gib = 2 * 4 * positions * head_dim / 2**30
+            raise OrthrusError(f"config.json: max_position_embeddings={positions} is more than this implementation supports "
+                               f"({MAX_POSITIONS} = 2**20 positions): its RoPE tables alone would take {gib:,.0f} GiB")
         known = {f for f in cls.__dataclass_fields__} | {"rope_parameters", "rope_scaling"}
         return cls(
             vocab_size=d["vocab_size"],
@@ -115,10 +122,10 @@ class Qwen3Config:
             num_hidden_layers=d["num_hidden_layers"],
             num_attention_heads=num_heads,
             num_key_value_heads=num_kv_heads,
-            head_dim=d.get("head_dim") or d["hidden_size"] // num_heads,
+            head_dim=head_dim,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
-            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            max_position_embeddings=positions,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             eos_token_id=eos,
             model_type=model_type,
@@ -255,8 +262,94 @@ def block_mask(lengths: torch.Tensor, T: int, S: int, causal: bool) -> torch.Ten
     return (torch.arange(S, device=lengths.device) < limit[:, :, None]).unsqueeze(1)  # (B, 1, T, S)
 
 
+# --------------------------------------------------------------------------- batch invariance
+
+MIN_ROWS = 4  # batch-invariant matmuls have at least this many rows (MKL's fp32 GEMM computes 1-3 rows differently)
+MIN_KEYS = 16  # ... and at least this many columns (and 1-11 columns differently)
+KEY_TILE = 128  # batch-invariant attention: keys per tile of values, so that every matmul over keys has one shape
+
+
+def batch_invariant_now(setting: bool | None, dtype: torch.dtype) -> bool:
+    """Whether a forward in `dtype` runs batch-invariantly: `setting` (a module's `batch_invariant`) when it is True
+    or False. None ("auto", the default): when decoding in bf16 or fp16, where it costs little and greedy output
+    needs it; not in fp32, where it would slow AR decoding down (docs/ARCHITECTURE.md, "What exact means").
+    Decoding is a forward under torch.inference_mode (where the decoders run; training and plain calls keep the
+    fused kernels) or a compiled one (only the decoders' steps are compiled; dynamo cannot ask for inference mode)."""
+    if setting is None:
+        return dtype != torch.float32 and (torch.compiler.is_compiling() or torch.is_inference_mode_enabled())
+    return setting
+
+
+class Linear(nn.Linear):
+    """nn.Linear without bias (same parameter, same checkpoint name) whose output rows do not depend on how many
+    rows the input has, when batch-invariant (docs/ARCHITECTURE.md, "What exact means").
+
+    In bf16 the CPU's matmul already gives each row the same bits alone or among others; in fp32 MKL computes
+    products of 1 to 3 rows with other kernels than products of 4 or more, so an fp32 input of fewer than
+    MIN_ROWS rows is padded with zero rows (what AR decoding of one sequence costs: 4 rows instead of 1).
+    """
+
+    batch_invariant: bool | None = None  # set by Qwen3ForCausalLM.set_batch_invariant
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows >= MIN_ROWS or x.dtype != torch.float32 or not batch_invariant_now(self.batch_invariant, x.dtype):
+            return F.linear(x, self.weight)
+        padded = F.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, MIN_ROWS - rows))  # (MIN_ROWS, in)
+        return F.linear(padded, self.weight)[:rows].view(*x.shape[:-1], self.out_features)
+
+
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A visibility mask as fp32 scores to add: 0 where visible (True), -inf where hidden; a float mask as it is."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention whose arithmetic for each query does not depend on the block size T, the batch B or
+    the number of key slots S: a query gives the same bits alone (AR decoding), inside a verify or draft
+    block, in a batch, and over a cache of any capacity (docs/ARCHITECTURE.md, "What exact means").
+
+    q (B, H, T, D), k and v (B, Hkv, S, D), mask (B or 1, 1, T, S): bool (True = visible) or
+    `additive_mask`'s scores. Computed in fp32, with every matmul of a shape that does not change:
+      * per row and KV head, the G = H / Hkv query heads are packed as rows r = g * T + i, at least
+        MIN_ROWS of them: scores = (rows, D) @ (D, S), one row per query whatever the number of rows
+        (and the same column for a key whatever S, from MIN_KEYS keys on);
+      * softmax over the keys: a per-row reduction, to which hidden keys add exact zeros;
+      * values in tiles of KEY_TILE keys (the last one padded): partial outputs (rows, KEY_TILE) @
+        (KEY_TILE, D), added in key order by `cumsum` (a sequential sum; `sum` picks its order from
+        the tensor's shape). Trailing tiles of hidden keys (a larger capacity) add exact zeros.
+    Returns (B, H, T, D) in q's dtype.
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    M = G * T  # packed query rows per (row, KV head)
+    rows = max(M, MIN_ROWS)
+    mask = additive_mask(mask)  # (B|1, 1, T, S)
+    qg = F.pad(q.reshape(B, Hkv, M, D).float(), (0, 0, 0, rows - M))  # (B, Hkv, rows, D)
+    k, v = k.float(), v.float()
+    if S < MIN_KEYS:  # a tiny cache: pad it with hidden keys
+        k, v = F.pad(k, (0, 0, 0, MIN_KEYS - S)), F.pad(v, (0, 0, 0, MIN_KEYS - S))
+        mask, S = F.pad(mask, (0, MIN_KEYS - S), value=float("-inf")), MIN_KEYS
+    pad = -S % KEY_TILE
+    n = (S + pad) // KEY_TILE  # key tiles
+    scores = qg @ k.transpose(-1, -2)  # (B, Hkv, rows, S)
+    logits = torch.add(mask[:, :, None], scores[:, :, :M].view(B, Hkv, G, T, S), alpha=D**-0.5)  # (B, Hkv, G, T, S)
+    probs = torch.softmax(logits, dim=-1).view(B, Hkv, M, S)
+    if pad or rows > M:
+        probs, v = F.pad(probs, (0, pad, 0, rows - M)), F.pad(v, (0, 0, 0, pad))  # (B, Hkv, rows, n * KEY_TILE), (B, Hkv, n * KEY_TILE, D)
+    tiles = probs.view(B, Hkv, rows, n, KEY_TILE).transpose(2, 3) @ v.view(B, Hkv, n, KEY_TILE, D)  # (B, Hkv, n, rows, D)
+    out = tiles.cumsum(2)[:, :, -1, :M]  # (B, Hkv, M, D): the tiles' sum, in key order
+    return out.reshape(B, H, T, D).to(q.dtype)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None = None,
-              lengths: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+              lengths: torch.Tensor | None = None, backend: str = "torch", batch_invariant: bool = False) -> torch.Tensor:
     """Softmax attention of a block of T queries, q (B, H, T, D), over keys and values k, v (B, Hkv, S, D).
 
     mask (B or 1, 1, T, S) bool, True = visible: `block_mask` of a cache, or training's dual-pass mask.
@@ -264,17 +357,28 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, m
     the visibility rule is `block_mask`'s (backend "triton": our kernel applies it itself, reading
     only the keys a row needs). Neither: L = S - T cached keys, then the block's own (S = T: the
     block alone), causal or all visible.
+    batch_invariant: each query's result does not depend on T, B or S (`invariant_attention` on the
+    torch backend; the Triton kernel always is, and takes a causal block longer than it allows as
+    blocks of MAX_KERNEL_BLOCK queries). Otherwise PyTorch's SDPA (and SDPA for a long block).
     Returns (B, H, T, D).
     """
-    if mask is None and lengths is None and k.shape[2] != q.shape[2]:  # keys = a prefix, then the block: L = S - T for every row
-        lengths = torch.full((q.shape[0],), k.shape[2] - q.shape[2], device=q.device)
+    B, T, S = q.shape[0], q.shape[2], k.shape[2]
+    if mask is None and lengths is None and (S != T or batch_invariant):  # keys = a prefix, then the block: L = S - T
+        lengths = torch.full((B,), S - T, device=q.device)
     if mask is None and lengths is not None:
-        if backend == "triton":
+        if backend == "triton" and (T <= MAX_KERNEL_BLOCK or (causal and batch_invariant)):
             from .triton_attn import block_attention
 
-            return block_attention(q, k, v, causal=causal, lengths=lengths)
-        mask = block_mask(lengths, q.shape[2], k.shape[2], causal)  # (B, 1, T, S)
-    is_causal = mask is None and causal and q.shape[2] > 1
+            if T <= MAX_KERNEL_BLOCK:
+                return block_attention(q, k, v, causal=causal, lengths=lengths)
+            # A long causal block as blocks of MAX_KERNEL_BLOCK queries: the block from query c on is a
+            # block after L_b + c cached entries, and sees nothing of the queries after it.
+            return torch.cat([block_attention(q[:, :, c : c + MAX_KERNEL_BLOCK], k, v, causal=True, lengths=lengths + c)
+                              for c in range(0, T, MAX_KERNEL_BLOCK)], dim=2)  # (B, H, T, D)
+        mask = block_mask(lengths, T, S, causal)  # (B, 1, T, S)
+    if batch_invariant:
+        return invariant_attention(q, k, v, mask)
+    is_causal = mask is None and causal and T > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
 
 
@@ -286,20 +390,21 @@ class Qwen3Attention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         C, H, Hkv, D = config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(C, H * D, bias=False)
-        self.k_proj = nn.Linear(C, Hkv * D, bias=False)
-        self.v_proj = nn.Linear(C, Hkv * D, bias=False)
-        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.q_proj = Linear(C, H * D)
+        self.k_proj = Linear(C, Hkv * D)
+        self.v_proj = Linear(C, Hkv * D)
+        self.o_proj = Linear(H * D, C)
         self.q_norm = RMSNorm(D, config.rms_norm_eps)
         self.k_norm = RMSNorm(D, config.rms_norm_eps)
         if config.has_diffusion_view:  # Orthrus: the diffusion view's own attention weights
-            self.q_proj_diff = nn.Linear(C, H * D, bias=False)
-            self.k_proj_diff = nn.Linear(C, Hkv * D, bias=False)
-            self.v_proj_diff = nn.Linear(C, Hkv * D, bias=False)
-            self.o_proj_diff = nn.Linear(H * D, C, bias=False)
+            self.q_proj_diff = Linear(C, H * D)
+            self.k_proj_diff = Linear(C, Hkv * D)
+            self.v_proj_diff = Linear(C, Hkv * D)
+            self.o_proj_diff = Linear(H * D, C)
             self.q_norm_diff = RMSNorm(D, config.rms_norm_eps)
             self.k_norm_diff = RMSNorm(D, config.rms_norm_eps)
         self.attn_backend = "torch"
+        self.batch_invariant: bool | None = None  # see batch_invariant_now
 
     def add_diffusion_view_from_ar(self) -> None:
         """Creates the `*_diff` projections and norms as copies of their AR twins (the paper's initialisation)."""
@@ -336,7 +441,8 @@ class Qwen3Attention(nn.Module):
             # advances the cache lengths after an AR forward), the diffusion view's are overwritten later.
             k, v = cache.write(self.layer_idx, k, v)  # (B, Hkv, S, D): the whole cache of this layer
             lengths = cache.lengths
-        out = attention(q, k, v, causal=(view == "ar"), mask=mask, lengths=lengths, backend=self.attn_backend)  # ... and the mask
+        out = attention(q, k, v, causal=(view == "ar"), mask=mask, lengths=lengths, backend=self.attn_backend,
+                        batch_invariant=batch_invariant_now(self.batch_invariant, q.dtype))  # ... and the mask
         return self.output(out, view)  # (B, T, C)
 
 
@@ -345,9 +451,9 @@ class Qwen3MLP(nn.Module):
 
     def __init__(self, config: Qwen3Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -389,10 +495,11 @@ class Qwen3ForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Qwen3Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.attn_backend = "torch"
+        self.batch_invariant: bool | None = None  # None: auto (see batch_invariant_now)
 
     @property
     def device(self) -> torch.device:
@@ -409,6 +516,17 @@ class Qwen3ForCausalLM(nn.Module):
         self.attn_backend = backend  # the model builds the SDPA mask only for the torch backend (and long prefills)
         for layer in self.model.layers:
             layer.self_attn.attn_backend = backend
+
+    def set_batch_invariant(self, setting: bool | None) -> None:
+        """Whether every token's logits must not depend on the block, the batch or the cache capacity it is
+        computed with (docs/ARCHITECTURE.md, "What exact means"): True, False, or None (auto: when decoding in
+        bf16 or fp16, see `batch_invariant_now`)."""
+        if setting not in (True, False, None):
+            raise OrthrusError(f"batch_invariant must be True, False or None (auto), got {setting!r}")
+        self.batch_invariant = setting
+        for module in self.modules():
+            if isinstance(module, (Linear, Qwen3Attention)):
+                module.batch_invariant = setting
 
     def new_cache(self, max_len: int, batch_size: int = 1) -> KVCache:
         """A preallocated KV cache for `batch_size` rows of up to `max_len` tokens, in the model's dtype and device.
@@ -447,8 +565,13 @@ class Qwen3ForCausalLM(nn.Module):
         if position_ids is None:
             position_ids = cache.slots(T) if cache is not None else torch.arange(T, device=input_ids.device)[None]  # (B|1, T)
         mask = attn_mask
-        if mask is None and cache is not None and (self.attn_backend == "torch" or T > MAX_KERNEL_BLOCK):
+        # The kernel takes a long block only batch-invariantly and causal (in pieces, see `attention`); else the mask.
+        invariant = batch_invariant_now(self.batch_invariant, self.dtype)
+        kernel_takes_it = T <= MAX_KERNEL_BLOCK or (view == "ar" and invariant)
+        if mask is None and cache is not None and (self.attn_backend == "torch" or not kernel_takes_it):
             mask = block_mask(cache.lengths, T, cache.capacity, causal=(view == "ar"))  # (B, 1, T, S), once for all layers
+            if invariant:
+                mask = additive_mask(mask)  # once for all layers, too
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B|1, T, D) each
         for layer in self.model.layers:
@@ -526,12 +649,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto"/None -> bfloat16 on CUDA, float32 on CPU; otherwise a name from DTYPES or a torch.dtype."""
+    """"auto"/None -> bfloat16 on CUDA, float32 on CPU; otherwise a name from DTYPES or one of their torch.dtypes."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise OrthrusError(f"dtype {dtype} is not supported: the model computes in torch.float32, torch.bfloat16 or torch.float16")
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise OrthrusError(f"dtype {dtype!r} is unknown; choose one of auto, float32, bfloat16, float16")
     return DTYPES[dtype]
 
@@ -541,6 +666,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
     With HF_HUB_OFFLINE=1 (or no network) a Hub id resolves from the cache alone.
     """
+    if isinstance(name_or_path, str) and not name_or_path.strip():
+        raise OrthrusError("the checkpoint name is empty: give a checkpoint folder or a Hub id like 'org/name'")
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -627,11 +754,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
     if problems:
         raise OrthrusError(f"{folder}: checkpoint does not match config.json — " + " | ".join(problems))
     if check_weights:
-        broken = [name for name, t in state.items() if not bool(torch.isfinite(t).all())]
-        if broken:
-            raise OrthrusError(f"{folder}: {len(broken)} tensor(s) hold NaN or infinite values ({', '.join(broken[:4])}"
-                               f"{' …' if len(broken) > 4 else ''}): the checkpoint is corrupt or was saved after training "
-                               "diverged (check_weights=False / --no-weight-check loads it anyway)")
+        check_finite(folder, [name for name, t in state.items() if not bool(torch.isfinite(t).all())])
     model.load_state_dict(state, strict=False, assign=True)  # names were checked above
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight  # re-tie: assign=True replaced the embedding
@@ -641,6 +764,14 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
         attn = "triton" if dev.type == "cuda" and _triton_available() else "torch"
     model.set_attn_backend(attn)
     return model
+
+
+def check_finite(folder: Path, broken: list[str]) -> None:
+    """The one-line error for a checkpoint whose tensors `broken` hold NaN or inf (nothing when the list is empty)."""
+    if broken:
+        raise OrthrusError(f"{folder}: {len(broken)} tensor(s) hold NaN or infinite values ({', '.join(broken[:4])}"
+                           f"{' …' if len(broken) > 4 else ''}): the checkpoint is corrupt or was saved after training "
+                           "diverged (check_weights=False / --no-weight-check loads it anyway)")
 
 
 def _triton_available() -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import OrthrusError
+from .errors import OrthrusError, check_int, check_number
 
 # Streams: which decision a uniform number is for (see `uniforms`).
 DRAFT, ACCEPT, TOKEN = 0, 1, 2  # draft d at a position; accept-or-reject it; the AR view's own token there
@@ -39,14 +39,18 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise OrthrusError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        """Checks every field (TypeError for a wrong type, OrthrusError for a bad value) and stores plain Python numbers."""
+        temperature, top_p = check_number(self.temperature, "temperature"), check_number(self.top_p, "top_p")
+        top_k = check_int(self.top_k, "top_k")
+        if not 0 <= temperature < float("inf"):
+            raise OrthrusError(f"temperature must be >= 0 and finite (0 = greedy), got {self.temperature}")
+        if not 0 < top_p <= 1:
             raise OrthrusError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
+        if top_k < 0:
             raise OrthrusError(f"top_k must be >= 0 (0 = no top-k filter), got {self.top_k}")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise OrthrusError(f"seed must be in 0 … 2**63-1, got {self.seed}")
+        seed = None if self.seed is None else check_seed(self.seed, "seed")
+        for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+            object.__setattr__(self, name, value)  # frozen: np.int64(5) is stored as 5
 
     @property
     def greedy(self) -> bool:
@@ -57,6 +61,11 @@ class SamplingParams:
         if self.seed is not None:
             return torch.full((batch_size,), self.seed, dtype=torch.long, device=device)
         return torch.randint(0, MAX_SEED, (batch_size,), dtype=torch.long).to(device)
+
+
+def check_seed(value, name: str) -> int:
+    """A sampling seed as an int in 0 … 2**63-1, or a one-line TypeError / OrthrusError naming `name`."""
+    return check_int(value, name, 0, MAX_SEED, "2**63-1")
 
 
 # --------------------------------------------------------------------------- counter-based uniforms
@@ -135,4 +144,4 @@ def pick_tokens(logits: torch.Tensor, params: SamplingParams, seeds: torch.Tenso
     return sample_from(warp_probs(logits, params), uniforms(seeds, positions, TOKEN))  # (B, N)
 
 
-__all__ = ["SamplingParams", "warp_probs", "sample_from", "pick_tokens", "uniforms", "hash32", "DRAFT", "ACCEPT", "TOKEN"]
+__all__ = ["SamplingParams", "check_seed", "warp_probs", "sample_from", "pick_tokens", "uniforms", "hash32", "DRAFT", "ACCEPT", "TOKEN"]

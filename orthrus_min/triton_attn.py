@@ -16,9 +16,15 @@ tutorial) specialised for decoding:
     with exp2 and the softmax scale folded together with 1/ln 2;
   * grouped-query attention: the H/Hkv query heads that share a KV head are packed into the
     rows of one tile (row r = g * T + i), so each K/V tile is read from memory once per KV head;
-  * flash-decoding (Dao et al., 2023, "Flash-Decoding for long-context inference"): when
-    B * Hkv programs cannot fill the GPU, the key range is split across programs, each writes
-    a partial output and its log-sum-exp, and a second small kernel combines them.
+  * flash-decoding (Dao et al., 2023, "Flash-Decoding for long-context inference"): the key
+    range is split across programs, each writes a partial output and its log-sum-exp, and a
+    second small kernel combines them;
+  * batch invariance (docs/ARCHITECTURE.md, "What exact means"): a query's arithmetic does not
+    depend on the block size T, the batch or the cache capacity — every split holds the same
+    KEYS_PER_SPLIT keys (never a function of T, of the number of row tiles or of the GPU's SM
+    count), the tile shapes are fixed per dtype and head_dim, and the combine adds the splits
+    one after another in key order, so a query alone (AR decoding) and inside a verify block
+    gives the same bits.
 
 Read in order: the PyTorch reference -> the kernels -> the launcher that checks its inputs ->
 `block_attention`, the public function (`model.attention(..., backend="triton")` calls it).
@@ -35,7 +41,6 @@ L cached prefix length, S = keys in the K/V views (L + T, or more with per-row `
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import torch
@@ -45,8 +50,8 @@ import triton.language as tl
 from .errors import OrthrusError
 from .model import MAX_KERNEL_BLOCK
 
-MAX_BLOCK = MAX_KERNEL_BLOCK  # the most queries (T) per call (64); a longer prefill goes through PyTorch (see model.forward)
-MIN_KEYS_PER_SPLIT = 64  # flash-decoding: no split gets fewer keys than this (one tile)
+MAX_BLOCK = MAX_KERNEL_BLOCK  # the most queries (T) per call (64); a longer prefill: see model.attention
+KEYS_PER_SPLIT = 256  # flash-decoding: keys per split, fixed, so that a query's reduction order never depends on T or the GPU
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -85,13 +90,14 @@ def reference_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _attend_to_tile(
     acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos, stride_ks, stride_vs, qk_scale,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWWISE: tl.constexpr,
 ):
     """One online-softmax step: folds keys start_n … start_n+BLOCK_N-1 into (acc, l_i, m_i).
 
     MASKED=False is for tiles that lie wholly in the cached prefix: every key exists and every
     query sees it, so no mask is built. MASKED=True handles the last tiles: keys at or past
     `end` do not exist, and with CAUSAL a query at position q_pos sees keys <= q_pos only.
+    ROWWISE (the interpreter only): products summed explicitly instead of `tl.dot` (see `_launch`).
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -106,7 +112,10 @@ def _attend_to_tile(
         k = tl.load(k_ptrs)
 
     # [BLOCK_M, BLOCK_N]: scores in log2 units (qk_scale = D**-0.5 / ln 2, so exp2 gives exp)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if ROWWISE:
+        s = tl.sum(q[:, None, :] * k[None, :, :], 2) * qk_scale
+    else:
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         if CAUSAL:
             visible = in_range[None, :] & (offs_n[None, :] <= q_pos[:, None])
@@ -128,7 +137,10 @@ def _attend_to_tile(
     else:
         # [BLOCK_N, BLOCK_D]
         v = tl.load(v_ptrs)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    if ROWWISE:
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 
@@ -144,6 +156,7 @@ def _block_attention_kernel(
     num_kv_heads, T, S, keys_per_split, qk_scale,
     GROUP: tl.constexpr, HAS_LENGTHS: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ROWWISE: tl.constexpr,
 ):
     """One program: (batch row b, KV head, tile of packed query rows, split of the key range)."""
     pid_bh = tl.program_id(0)
@@ -187,13 +200,13 @@ def _block_attention_kernel(
         acc, l_i, m_i = _attend_to_tile(
             acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
             stride_ks, stride_vs, qk_scale,
-            CAUSAL, False, BLOCK_N, BLOCK_D, DOT_PRECISION,
+            CAUSAL, False, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE,
         )
     for start_n in range(prefix_end, end, BLOCK_N):
         acc, l_i, m_i = _attend_to_tile(
             acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
             stride_ks, stride_vs, qk_scale,
-            CAUSAL, True, BLOCK_N, BLOCK_D, DOT_PRECISION,
+            CAUSAL, True, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE,
         )
 
     if SPLIT:
@@ -219,26 +232,32 @@ def _combine_splits_kernel(
     stride_lb, stride_lh, stride_lt, stride_ls,
     stride_ob, stride_oh, stride_ot,
     H, T, num_splits,
-    SPLITS_POW2: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """One program per query row (b, h, i): out = sum_s w_s * o_s / sum_s w_s, w_s = 2**(lse_s - max lse)."""
+    """One program per query row (b, h, i): out = sum_s w_s * o_s / sum_s w_s, w_s = 2**(lse_s - max lse).
+
+    The sums run over the splits one after another, in key order: a split past the row's keys
+    (lse = -inf, o = 0) adds exact zeros, so the result does not depend on how many splits the
+    cache's capacity makes (a parallel tree sum over a power-of-two vector would regroup them).
+    """
     row = tl.program_id(0).to(tl.int64)
     b = row // (H * T)
     h = (row // T) % H
     i = row % T
-    offs_s = tl.arange(0, SPLITS_POW2)
     offs_d = tl.arange(0, BLOCK_D)
-    split_ok = offs_s < num_splits
+    lse_ptr = LsePart + b * stride_lb + h * stride_lh + i * stride_lt
+    part_ptr = OPart + b * stride_pb + h * stride_ph + i * stride_pt + offs_d
 
-    # [SPLITS_POW2]
-    lse = tl.load(LsePart + b * stride_lb + h * stride_lh + i * stride_lt + offs_s * stride_ls,
-                  mask=split_ok, other=float("-inf"))
-    w = tl.math.exp2(lse - tl.max(lse, 0))  # every row saw a key in some split, so the max is finite
-    part_ptrs = OPart + b * stride_pb + h * stride_ph + i * stride_pt + offs_s[:, None] * stride_ps + offs_d[None, :]
-    # [SPLITS_POW2, BLOCK_D]
-    o = tl.load(part_ptrs, mask=split_ok[:, None], other=0.0)
-    out = tl.sum(w[:, None] * o, 0) / tl.sum(w, 0)  # [BLOCK_D]
-    tl.store(Out + b * stride_ob + h * stride_oh + i * stride_ot + offs_d, out.to(Out.dtype.element_ty))
+    lse_max = tl.load(lse_ptr)  # split 0 holds the row's first keys, so this is finite from the start
+    for s in range(1, num_splits):
+        lse_max = tl.maximum(lse_max, tl.load(lse_ptr + s * stride_ls))
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    total = tl.sum(tl.zeros([1], dtype=tl.float32), 0)  # a float32 scalar
+    for s in range(num_splits):
+        w = tl.math.exp2(tl.load(lse_ptr + s * stride_ls) - lse_max)
+        acc += w * tl.load(part_ptr + s * stride_ps)  # [BLOCK_D]
+        total += w
+    tl.store(Out + b * stride_ob + h * stride_oh + i * stride_ot + offs_d, (acc / total).to(Out.dtype.element_ty))
 
 
 def _kernel_is_interpreted() -> bool:
@@ -252,7 +271,7 @@ def _kernel_is_interpreted() -> bool:
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None,
-                  num_splits: int | None) -> None:
+                  keys_per_split: int | None) -> None:
     """Raises OrthrusError, naming the tensor, for anything the kernel cannot take."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
@@ -293,27 +312,11 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: to
         # clamps them into 0 … S-T instead (wrong lengths give wrong rows, never a bad read).
         if lengths.device.type == "cpu" and B and not torch.compiler.is_compiling() and (lengths.min() < 0 or lengths.max() + T > S):
             raise OrthrusError(f"block_attention: lengths {lengths.tolist()} out of range: each must be in 0 … S-T = {S - T}")
-    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
-        raise OrthrusError(f"block_attention: num_splits must be a positive int or None, got {num_splits!r}")
+    if keys_per_split is not None and (not isinstance(keys_per_split, int) or isinstance(keys_per_split, bool) or keys_per_split < 1):
+        raise OrthrusError(f"block_attention: keys_per_split must be a positive int or None, got {keys_per_split!r}")
     if q.device.type == "cpu" and not _kernel_is_interpreted():
         raise OrthrusError("block_attention: the tensors are on the CPU, where Triton runs only in its interpreter; "
                            "set TRITON_INTERPRET=1 before orthrus_min.triton_attn is imported, or use attn='torch'")
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _choose_num_splits(num_programs: int, S: int, device: torch.device) -> int:
-    """Flash-decoding: split the keys when B * Hkv * row-tiles programs leave streaming multiprocessors idle."""
-    if device.type != "cuda":
-        return 1  # the interpreter runs programs one after another: splitting only adds work
-    num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    # One wave of programs: a sweep on an H100 (`bench attn --sweep`: bf16, D = 128, K = 32, L = 1k … 32k)
-    # found one program per SM fastest in 14 of 16 cells, even at 1k keys split 16 ways; a second wave never won.
-    # No split is shorter than MIN_KEYS_PER_SPLIT keys (each writes a partial output read again).
-    return max(1, min(num_sms // num_programs, S // MIN_KEYS_PER_SPLIT))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,23 +327,22 @@ class LaunchConfig:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int  # K/V tiles in flight (software pipelining on the GPU)
-    num_splits: int  # programs that share one row's key range (flash-decoding)
+    keys_per_split: int  # keys per program along a row's key range (flash-decoding)
 
 
-def choose_config(q: torch.Tensor, k: torch.Tensor, num_splits: int | None = None) -> LaunchConfig:
-    """The launch configuration for q (B, H, T, D) over k (B, Hkv, S, D) on q's device."""
-    B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    G = H // Hkv
+def choose_config(q: torch.Tensor, k: torch.Tensor, keys_per_split: int | None = None) -> LaunchConfig:
+    """The launch configuration for q (B, H, T, D) over k (B, Hkv, S, D): a function of the dtype and head_dim
+    only — never of T, B, S or the GPU — so that a query's arithmetic is the same in every call (batch invariance)."""
+    D = q.shape[3]
     # Tile sizes: the q tile plus num_stages K/V tiles must fit in shared memory (~160 KB, an A100's),
-    # so wide rows (fp32, or D = 256) get fewer rows and keys per tile.
+    # so wide rows (fp32, or D = 256) get fewer rows and keys per tile. The q tile has BLOCK_M rows
+    # whatever G * T is (a lone query's tile is mostly padding): another tile shape could be compiled
+    # to another order of operations, and the query would not give the same bits alone and in a block.
     row_bytes = D * q.element_size()  # one query or key row: 256 for bf16 with D = 128
-    block_m = max(16, min(128 if row_bytes <= 512 else 64, triton.next_power_of_2(G * T)))  # packed query rows
+    block_m = 128 if row_bytes <= 512 else 64  # packed query rows
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16  # keys per tile
     num_stages = 3 if row_bytes <= 256 else 2
-    if num_splits is None:
-        num_splits = _choose_num_splits(B * Hkv * triton.cdiv(G * T, block_m), S, q.device)
-    return LaunchConfig(block_m, block_n, 8 if block_m >= 128 else 4, num_stages, num_splits)
+    return LaunchConfig(block_m, block_n, 8 if block_m >= 128 else 4, num_stages, keys_per_split or KEYS_PER_SPLIT)
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, lengths: torch.Tensor | None,
@@ -349,8 +351,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
-    num_splits, BLOCK_N = config.num_splits, config.block_n
-    keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
+    keys_per_split = config.keys_per_split
+    num_splits = triton.cdiv(S, keys_per_split)  # splits past a row's keys find nothing and add exact zeros
     # The output is laid out (B, T, H, D) in memory, so the model's out.transpose(1, 2).reshape(B, T, H*D) is free.
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)  # (B, H, T, D)
     if num_splits > 1:
@@ -367,14 +369,20 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
         *(lse_part.stride() if num_splits > 1 else (0,) * 4),
         Hkv, T, S, keys_per_split, D**-0.5 / math.log(2),
         GROUP=G, HAS_LENGTHS=lengths is not None, CAUSAL=causal, SPLIT=num_splits > 1,
-        BLOCK_M=config.block_m, BLOCK_N=BLOCK_N, BLOCK_D=D,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=D,
         DOT_PRECISION="ieee",  # fp32 inputs: exact fp32 products, not TF32 (ignored for bf16/fp16)
+        # Triton's interpreter computes tl.dot with numpy's matmul, whose BLAS gives a row other bits depending on
+        # where it sits in the tile (OpenBLAS: rows 0-5 one way, 6-11 another, …), so a query would not give the same
+        # bits alone and inside a block. There the products are summed explicitly, row by row, and the tests check
+        # the kernel's own invariance (splits, tiles, masks, combine). A GPU's tl.dot computes every row of a tile
+        # with the same instructions; `bench gpu` runs the bf16 invariance tests there.
+        ROWWISE=_kernel_is_interpreted(),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if num_splits > 1:
         _combine_splits_kernel[(B * H * T,)](
             o_part, lse_part, out, *o_part.stride()[:4], *lse_part.stride(), *out.stride()[:3],
-            H, T, num_splits, SPLITS_POW2=triton.next_power_of_2(num_splits), BLOCK_D=D,
+            H, T, num_splits, BLOCK_D=D,
         )
     return out
 
@@ -383,7 +391,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
 
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                    lengths: torch.Tensor | None = None, num_splits: int | None = None) -> torch.Tensor:
+                    lengths: torch.Tensor | None = None, keys_per_split: int | None = None) -> torch.Tensor:
     """Attention of a block of T new queries over a cached prefix followed by the block's own keys.
 
     Args:
@@ -396,16 +404,17 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             view (every query sees the whole block). The prefix is always fully visible.
         lengths: (B,) int tensor of prefix lengths L_b, for a batch whose rows have cached
             different amounts; None means L_b = S - T for every row.
-        num_splits: how many programs share one row's key range (flash-decoding); None picks it
-            from the GPU's SM count (1 on the CPU). Tests force it to exercise the combine.
+        keys_per_split: keys per program along a row's key range (flash-decoding); None: KEYS_PER_SPLIT.
+            Fixed for a whole decode, it keeps the kernel batch-invariant: a query's result does
+            not depend on T, on the batch or on S. Tests and benchmarks change it.
 
     Returns:
         (B, H, T, D) in q's dtype, laid out (B, T, H, D) in memory.
 
     On the CPU this runs only under TRITON_INTERPRET=1 (see the module docstring).
     """
-    _check_inputs(q, k, v, lengths, num_splits)
-    return _block_attention_op(q, k, v, causal, lengths, num_splits)
+    _check_inputs(q, k, v, lengths, keys_per_split)
+    return _block_attention_op(q, k, v, causal, lengths, keys_per_split)
 
 
 # torch.compile sees the launch as one opaque operator (with the output's shape and layout below),
@@ -413,14 +422,14 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 # and on a GPU the launch is captured in the step's CUDA graph like any other kernel.
 @torch.library.custom_op("orthrus_min::block_attention", mutates_args=())
 def _block_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, lengths: torch.Tensor | None,
-                        num_splits: int | None) -> torch.Tensor:
-    return _launch(q, k, v, causal, lengths, choose_config(q, k, num_splits))
+                        keys_per_split: int | None) -> torch.Tensor:
+    return _launch(q, k, v, causal, lengths, choose_config(q, k, keys_per_split))
 
 
 @_block_attention_op.register_fake
-def _(q, k, v, causal, lengths, num_splits):
+def _(q, k, v, causal, lengths, keys_per_split):
     B, H, T, D = q.shape
     return q.new_empty(B, T, H, D).transpose(1, 2)  # (B, H, T, D), laid out (B, T, H, D) like the real output
 
 
-__all__ = ["block_attention", "reference_block_attention", "MAX_BLOCK"]
+__all__ = ["block_attention", "reference_block_attention", "MAX_BLOCK", "KEYS_PER_SPLIT"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import TEXT, save_checkpoint
+from orthrus_min import files
 from orthrus_min.bench import common
 from orthrus_min.bench.cli import build_parser, main
 from orthrus_min.bench.prompts import long_prompt
@@ -228,6 +229,14 @@ def paths(tmp_path, tiny_checkpoint):
     (tmp_path / "no_prompt.jsonl").write_text('{"prompt": "ok"}\n\n{"text": "no prompt key"}\n')
     (tmp_path / "bad_chat.jsonl").write_text('{"prompt": "ok", "chat": "yes"}\n')
     (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "trained").mkdir()  # someone's model: bench random-model must not write into it unasked
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / "trained" / name).write_text("{}")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "model.safetensors").symlink_to(tmp_path / "file")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "fifo_report").mkdir()
+    os.mkfifo(tmp_path / "fifo_report" / "bench_orthrus.md")
     return {"TMP": str(tmp_path), "AR_ONLY": str(tiny_checkpoint[0])}
 
 
@@ -239,6 +248,15 @@ ERRORS = [  # (argv with {TMP} / {AR_ONLY} placeholders, a piece of the error me
     ("forward --json {TMP}/folder", "--json {TMP}/folder: is a folder; give a file name"),
     ("ar --json {TMP}/file/deeper/r.json", "{TMP}/file is a file, not a folder"),
     ("random-model --out {TMP}/file/model", "--out {TMP}/file/model: {TMP}/file is a file, not a folder"),
+    # what may be replaced (files.py's rule): never another model unasked, a link, a FIFO
+    ("random-model --out {TMP}/trained", "--out {TMP}/trained is not empty (config.json, tokenizer.json): pass --overwrite "
+                                         "to replace its config.json and model.safetensors (other files stay), or give a "
+                                         "new folder"),
+    ("random-model --out {TMP}/linked --overwrite", "--out {TMP}/linked: model.safetensors is a symbolic link, not a file "
+                                                    "this command wrote, so it is not replaced"),
+    ("random-model --out {TMP}/file --overwrite", "--out {TMP}/file: {TMP}/file is a file, not a folder"),
+    ("orthrus --out {TMP}/fifo_report", "--out {TMP}/fifo_report: bench_orthrus.md is a FIFO, not a file this command wrote"),
+    ("orthrus --json {TMP}/fifo", "--json {TMP}/fifo: is a FIFO, not a regular file; give the path of a file to write"),
     # flag values
     ("ar --repeats 0", "argument --repeats: expected an integer >= 1, got '0'"),
     ("orthrus --max-new-tokens 0", "argument --max-new-tokens: expected an integer >= 1, got '0'"),
@@ -270,6 +288,11 @@ ERRORS = [  # (argv with {TMP} / {AR_ONLY} placeholders, a piece of the error me
     ("forward --lengths 4000", "no cache length L in --lengths leaves room for 32 tokens in the model's context of 2048"),
     ("forward --prompt-len 2000 --max-new-tokens 100", "--prompt-len 2000 + --max-new-tokens 100 exceeds the model's context of 2048"),
     ("ar --prompt-len 2000 --max-new-tokens 100", "--prompt-len 2000 + --max-new-tokens 100 exceeds the model's context of 2048"),
+    ("orthrus --context-lengths 100000", "--context-lengths 100000: the model's context of 2048 tokens leaves room for prompts "
+                                         "of at most 1888 tokens (with --max-new-tokens 128 and a block of 32)"),
+    ("all --context-lengths 64,1889,5000", "--context-lengths 1889,5000: the model's context of 2048 tokens"),
+    ("forward --device cpu --copy-mib 100000000", "--copy-mib 100000000 needs 200,000,000 MiB (a source and a destination "
+                                                  "buffer), but cpu has"),
     # prompt files
     ("orthrus --prompts {TMP}/bad.jsonl", "{TMP}/bad.jsonl:2: not a JSON object"),
     ("orthrus --prompts {TMP}/no_prompt.jsonl", '{TMP}/no_prompt.jsonl:3: expected an object with a non-empty string "prompt"'),
@@ -314,9 +337,67 @@ def test_unwritable_out_folder_simulated(tmp_path, no_model_loads, capsys, monke
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(common.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", refuse)
     assert main(["all", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr() == ("", f"error: --out {tmp_path}: cannot write there (Permission denied)\n")
+
+
+def test_copy_size_is_checked_against_free_device_memory(monkeypatch):
+    """On CUDA the probe's two buffers are checked against torch.cuda.mem_get_info (faked here: no GPU needed)."""
+    from orthrus_min.errors import OrthrusError
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * 2**20, 80 * 2**30))
+    common.check_copy_size(torch.device("cuda"), 500)  # 1,000 MiB: fits exactly
+    with pytest.raises(OrthrusError, match=r"--copy-mib 501 needs 1,002 MiB \(a source and a destination buffer\), but "
+                                           r"cuda has 1,000 MiB available; give a smaller --copy-mib"):
+        common.check_copy_size(torch.device("cuda"), 501)
+    assert common.available_mib(torch.device("cpu")) > 16  # the CPU's: MemAvailable (or all memory)
+
+
+def test_random_model_overwrite_replaces_only_its_own_files(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["random-model", "--preset", "tiny", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["random-model", "--preset", "tiny", "--out", str(out), "--seed", "3"]) == 2
+    assert "is not empty (config.json, model.safetensors, notes.txt): pass --overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["random-model", "--preset", "tiny", "--out", str(out), "--seed", "3", "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]  # no temporary left
+
+
+def test_full_disk_while_writing_the_report_is_one_line_and_leaves_no_half_file(orthrus_checkpoint, prompts_file, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """The plot (when matplotlib is there), the Markdown and the JSON are each written under a temporary name and
+    renamed: a full disk (os.fsync raising ENOSPC) is one line, and no report file, whole or half, is left."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "r"
+    rc = main(["orthrus", *FAST, "--model", str(orthrus_checkpoint), "--prompts", str(prompts_file), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(f"error: --out {out}/bench_orthrus.") and \
+        err[-1].endswith(": cannot write (No space left on device)")
+    assert [line for line in err if line.startswith("error:") or "Traceback" in line] == [err[-1]]
+    assert list(out.iterdir()) == []
+
+
+def test_random_model_on_a_failing_disk_is_one_line(tmp_path):
+    """A real write failure (a file-size limit: EFBIG) inside safetensors' writer, in a subprocess."""
+    root = str(BENCH_DIR.parent.parent)
+    code = ("import os, resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); sys.argv = ['bench'] + sys.argv[1:]; "
+            "runpy.run_module('orthrus_min.bench', run_name='__main__')")
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    out = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-c", code, "random-model", "--preset", "tiny", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == f"error: --out {out}: cannot write the model (File too large)\n"
+    assert list(out.iterdir()) == []
 
 
 def test_module_entry_point_reports_one_line(tmp_path):
@@ -339,7 +420,7 @@ def test_every_flag_has_help_and_states_its_default_once():
     import argparse
 
     commands = subparsers()
-    assert set(commands) == {"all", "orthrus", "ar", "forward", "random-model", "attn"}
+    assert set(commands) == {"all", "orthrus", "ar", "forward", "random-model", "attn", "gpu"}
     for name, sp in commands.items():
         stated = 0
         for action in sp._actions:

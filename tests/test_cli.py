@@ -81,9 +81,12 @@ def big_tokenizer(folder: Path) -> None:
 # (id, how to break the checkpoint or None, command-line arguments after --model, the expected error line's start)
 BAD_INPUTS = [
     ("missing-folder", None, ["--model", "/no/such/dir", "--prompt", "x"], "error: /no/such/dir: no such checkpoint folder"),
+    ("model-empty", None, ["--model", "", "--prompt", "x"], "error: the checkpoint name is empty"),
     ("max-new-tokens-0", None, ["--prompt", "x", "--max-new-tokens", "0"], "error: argument --max-new-tokens: expected an integer >= 1, got '0'"),
     ("max-new-tokens-text", None, ["--prompt", "x", "--max-new-tokens", "ten"], "error: argument --max-new-tokens: expected an integer >= 1, got 'ten'"),
     ("temperature", None, ["--prompt", "x", "--temperature", "-1"], "error: temperature must be >= 0"),
+    ("temperature-nan", None, ["--prompt", "x", "--temperature", "nan"], "error: temperature must be >= 0 and finite (0 = greedy), got nan"),
+    ("temperature-inf", None, ["--prompt", "x", "--temperature", "inf"], "error: temperature must be >= 0 and finite (0 = greedy), got inf"),
     ("top-p", None, ["--prompt", "x", "--temperature", "1", "--top-p", "0"], "error: top_p must be in (0, 1]"),
     ("top-k", None, ["--prompt", "x", "--top-k", "-3"], "error: top_k must be >= 0"),
     ("seed-beyond-64-bits", None, ["--prompt", "x", "--temperature", "1", "--seed", str(2**64)], "error: seed must be in 0 … 2**63-1"),
@@ -91,17 +94,30 @@ BAD_INPUTS = [
     ("dtype", None, ["--prompt", "x", "--dtype", "int3"], "error: dtype 'int3' is unknown"),
     ("device", None, ["--prompt", "x", "--device", "tpu"], "error: device 'tpu'"),
     ("context", None, ["--prompt", "x", "--max-new-tokens", "5000"], "error: prompt (1 tokens) + max_new_tokens (5000)"),
-    ("block-size-0", None, ["--prompt", "x", "--block-size", "0"], "error: block size must be an int >= 1, got 0"),
+    ("block-size-0", None, ["--prompt", "x", "--block-size", "0"], "error: block size must be an int >= 1"),
     ("block-size-9", None, ["--prompt", "x", "--block-size", "9"], "error: block size 9 is larger than the checkpoint's block_size 8"),
     ("check-in-ar-mode", None, ["--prompt", "x", "--mode", "ar", "--check"], "error: --check applies to orthrus decoding"),
     ("unknown-flag", None, ["--prompt", "x", "--fast"], "error: unrecognized arguments: --fast"),
-    ("no-prompt", None, [], "error: one of the arguments --prompt --prompt-file is required"),
+    ("no-prompt", None, [], "error: one of the arguments --prompt --prompt-file --prompt-text-file is required"),
+    ("prompt-and-text-file", None, ["--prompt", "x", "--prompt-text-file", "p.txt"],
+     "error: argument --prompt-text-file: not allowed with argument --prompt"),
+    ("prompt-not-utf8", None, ["--prompt", "abc\udcff\udcfe"],  # what Python makes of argv bytes b"abc\xff\xfe"
+     "error: --prompt is not valid Unicode: a lone surrogate U+DCFF at character 3 (byte 0xff: the text is not UTF-8)"),
+    ("prompt-not-utf8-mlx", None, ["--prompt", "abc\udcff\udcfe", "--backend", "mlx"],  # refused before MLX is needed
+     "error: --prompt is not valid Unicode: a lone surrogate U+DCFF at character 3"),
+    ("system-not-utf8", None, ["--prompt", "x", "--chat", "--system", "\udce9t\udce9"],
+     "error: --system is not valid Unicode: a lone surrogate U+DCE9 at character 0 (byte 0xe9: the text is not UTF-8)"),
     ("threads-0", None, ["--prompt", "x", "--threads", "0"], "error: argument --threads: expected an integer >= 1, got '0'"),
     ("compile-mode", None, ["--prompt", "x", "--compile", "--compile-mode", "fast"], "error: compile mode 'fast' is unknown"),
     ("mlx-with-triton", None, ["--prompt", "x", "--backend", "mlx", "--attn", "triton"], "error: --attn triton applies to the torch backend"),
     ("mlx-with-cuda", None, ["--prompt", "x", "--backend", "mlx", "--device", "cuda"], "error: --device cuda is not an MLX device"),
     ("mlx-with-compile", None, ["--prompt", "x", "--backend", "mlx", "--compile"], "error: --compile applies to the torch backend"),
     # the checkpoint
+    ("config-max-positions-huge", lambda f: edit_json(f / "config.json", set_field("max_position_embeddings", 10**12)),
+     ["--prompt", "x"], "error: config.json: max_position_embeddings=1000000000000 is more than this implementation supports "
+     "(1048576 = 2**20 positions): its RoPE tables alone would take 119,209 GiB"),
+    ("config-max-positions-float", lambda f: edit_json(f / "config.json", set_field("max_position_embeddings", 1e12)),
+     ["--prompt", "x"], "error: config.json: field 'max_position_embeddings' must be an integer >= 1, got 1000000000000.0"),
     ("config-is-a-list", lambda f: (f / "config.json").write_text("[1, 2]"), ["--prompt", "x"],
      "error: config.json: expected a JSON object, got a list"),
     ("config-field-is-a-string", lambda f: edit_json(f / "config.json", set_field("hidden_size", "64")), ["--prompt", "x"],
@@ -128,9 +144,40 @@ BAD_INPUTS = [
     ("prompt-file-bad-budget", 'file:{"prompt": "a", "max_new_tokens": 0}\n', ["--prompt-file", "{file}"], "error: "),
     ("prompt-file-too-long", 'file:{"prompt": "a"}\n{"id": "big", "prompt": "b", "max_new_tokens": 3000}\n', ["--prompt-file", "{file}"],
      "error: prompt 'big': 1 tokens + max_new_tokens 3000 + one block (8) exceed the model's context of 2048 tokens"),
+    ("prompt-file-lone-surrogate", 'file:{"prompt": "ok"}\n{"prompt": "abc\\udcff"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-system-lone-surrogate", 'file:{"prompt": "a", "chat": true, "system": "\\ud800"}\n', ["--prompt-file", "{file}"],
+     "error: "),
+    ("prompt-file-id-lone-surrogate", 'file:{"id": "\\udcff", "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-unknown-key", 'file:{"prompt": "a", "max_tokens": 5}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-temperature", 'file:{"prompt": "a"}\n{"prompt": "b", "temperature": 0.5}\n', ["--prompt-file", "{file}"],
+     "error: "),
+    ("prompt-file-system-without-chat", 'file:{"prompt": "a", "system": "be brief"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-thinking-without-chat", 'file:{"prompt": "a", "enable_thinking": false}\n', ["--prompt-file", "{file}"],
+     "error: "),
+    ("prompt-file-chat-false-with-system", 'file:{"prompt": "a", "chat": false, "system": "S"}\n',
+     ["--prompt-file", "{file}", "--chat"], "error: "),
+    ("prompt-file-id-object", 'file:{"id": {"a": 1}, "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-id-list", 'file:{"id": [1], "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-id-bool", 'file:{"id": true, "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-id-nan", 'file:{"id": NaN, "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-id-infinite", 'file:{"id": 1e400, "prompt": "a"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-duplicate-key", 'file:{"prompt": "a", "prompt": "b"}\n', ["--prompt-file", "{file}"], "error: "),
+    ("prompt-file-is-a-folder", None, ["--prompt-file", "/"], "error: /: is a folder, not a prompt file"),
+    ("prompt-file-dev-zero", None, ["--prompt-file", "/dev/zero"],
+     "error: /dev/zero: line 1 is longer than 4 MiB, the longest line a prompt file may have (is it a JSONL file?)"),
+    ("prompt-text-file-missing", None, ["--prompt-text-file", "/no/such/prompt.txt"],
+     "error: /no/such/prompt.txt: cannot read prompt file (No such file or directory)"),
+    ("prompt-text-file-not-utf8", "file:abc\xff\xfe", ["--prompt-text-file", "{file}"], "error: "),
+    ("prompt-text-file-empty", "file:", ["--prompt-text-file", "{file}"], "error: "),
+    ("prompt-text-file-is-a-folder", None, ["--prompt-text-file", "/"], "error: /: is a folder, not a prompt file"),
+    ("prompt-text-file-dev-zero", None, ["--prompt-text-file", "/dev/zero"],
+     "error: /dev/zero: more than 4 MiB, the most that a prompt may hold"),
     ("batch-size-0", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--batch-size", "0"], "error: argument --batch-size"),
-    ("output-in-missing-folder", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--output", "/no/such/dir/out.jsonl"],
-     "error: --output /no/such/dir/out.jsonl: the folder /no/such/dir does not exist"),
+    ("output-under-a-file", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--output", "{file}/out.jsonl"], "error: --output "),
+    ("output-a-folder", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--output", "/"],
+     "error: --output /: is a folder; give a file name"),
+    ("output-a-device", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--output", "/dev/null"],
+     "error: --output /dev/null: is a character device, not a regular file; give the path of a file to write"),
     ("compare-with-prompt-file", 'file:{"prompt": "a"}\n', ["--prompt-file", "{file}", "--compare"],
      "error: --compare works with one --prompt, not with --prompt-file"),
 ]
@@ -148,6 +195,24 @@ MESSAGES = {  # what the line must also say, for the cases above whose line star
     "prompt-file-not-jsonl": "prompts.jsonl:1: not a JSON object",
     "prompt-file-empty": "prompts.jsonl: no prompts",
     "prompt-file-bad-budget": 'prompts.jsonl:1: "max_new_tokens" must be >= 1, got 0',
+    "prompt-file-lone-surrogate": 'prompts.jsonl:2: "prompt" is not valid Unicode: a lone surrogate U+DCFF at character 3',
+    "prompt-file-system-lone-surrogate": 'prompts.jsonl:1: "system" is not valid Unicode: a lone surrogate U+D800 at character 0',
+    "prompt-file-id-lone-surrogate": 'prompts.jsonl:1: "id" is not valid Unicode',
+    "prompt-file-unknown-key": 'prompts.jsonl:1: unknown key "max_tokens" (a line may have id, prompt, chat, system, '
+                               "enable_thinking, max_new_tokens, seed; sampling settings are the run's flags)",
+    "prompt-file-temperature": 'prompts.jsonl:2: unknown key "temperature"',
+    "prompt-file-system-without-chat": 'prompts.jsonl:1: "system" applies to chat prompts; add "chat": true (or run with --chat)',
+    "prompt-file-thinking-without-chat": 'prompts.jsonl:1: "enable_thinking" applies to chat prompts',
+    "prompt-file-chat-false-with-system": 'prompts.jsonl:1: "system" applies to chat prompts',
+    "prompt-file-id-object": 'prompts.jsonl:1: "id" must be a string or a number, got {"a": 1}',
+    "prompt-file-id-list": 'prompts.jsonl:1: "id" must be a string or a number, got [1]',
+    "prompt-file-id-bool": 'prompts.jsonl:1: "id" must be a string or a number, got true',
+    "prompt-file-id-nan": 'prompts.jsonl:1: "id" must be a string or a number, got NaN',
+    "prompt-file-id-infinite": 'prompts.jsonl:1: "id" must be a string or a number, got Infinity',
+    "prompt-file-duplicate-key": 'prompts.jsonl:1: the key "prompt" is given twice',
+    "output-under-a-file": "prompts.jsonl is a file, not a folder",
+    "prompt-text-file-not-utf8": "prompts.jsonl: not a UTF-8 text file (invalid start byte at byte 3)",
+    "prompt-text-file-empty": "prompts.jsonl: the prompt file is empty",
 }
 
 
@@ -291,3 +356,87 @@ def test_every_flag_has_help_and_states_its_default_once(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "(default: None)" not in text and "--max-new-tokens" in text
+
+
+# --------------------------------------------------------------------------- plain-text prompts, bounded reading, --output
+
+
+def test_prompt_text_file_is_read_verbatim(capsys, tmp_path, orthrus_ckpt):
+    """--prompt-text-file keeps the trailing newlines that `--prompt "$(cat FILE)"` would strip; the same text given
+    with --prompt decodes to the same output."""
+    text = "def fibonacci(n):\n    \"\"\"Grüße\"\"\"\n\n"
+    (tmp_path / "p.txt").write_bytes(text.encode())
+    code, echoed, _ = run_cli(capsys, "--model", orthrus_ckpt, "--prompt-text-file", tmp_path / "p.txt", "--max-new-tokens", "5",
+                              "--echo")
+    code2, same, _ = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", text, "--max-new-tokens", "5")
+    assert code == code2 == 0 and echoed == text + same
+
+
+def test_prompt_file_size_limits_name_the_cap(capsys, tmp_path, orthrus_ckpt, monkeypatch):
+    import orthrus_min.prompts as prompts
+
+    monkeypatch.setattr(prompts, "CHUNK", 16)  # small reads, so that the limits are passed within a few bytes
+    monkeypatch.setattr(prompts, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(prompts, "MAX_FILE_BYTES", 200)
+    (tmp_path / "long.jsonl").write_text('{"prompt": "a"}\n' + '{"prompt": "' + "b" * 60 + '"}\n')
+    (tmp_path / "big.jsonl").write_text('{"prompt": "a"}\n' * 13)
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "' + "c" * 48 + '"}\n' + '{"prompt": "a"}\n' * 8)
+    for name, message in (("long.jsonl", "long.jsonl: line 2 is longer than 6.10352e-05 MiB"),
+                          ("big.jsonl", "big.jsonl: more than 0.000190735 MiB, the most that a prompt file may hold")):
+        code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt-file", tmp_path / name)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert len(prompts.read_prompt_file(tmp_path / "ok.jsonl")) == 9  # a 64-byte line and 200 bytes in all: just fit
+
+
+def test_output_is_replaced_only_when_the_run_completes(capsys, tmp_path, orthrus_ckpt, monkeypatch):
+    """--output is written under a temporary name and renamed at the end: an interrupted run leaves the old file as it
+    was and no temporary file behind; a completed run replaces it. A symbolic link is not written through."""
+    from orthrus_min.api import LLM
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"}\n')
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    real, calls = LLM.generate, []
+
+    def interrupted_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LLM, "generate", interrupted_second_batch)
+    args = ["--model", orthrus_ckpt, "--prompt-file", tmp_path / "p.jsonl", "--output", out, "--batch-size", "2",
+            "--max-new-tokens", "3"]
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 130 and err == "interrupted\n" and stdout == ""
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "p.jsonl"]
+    monkeypatch.setattr(LLM, "generate", real)
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0 and [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["p.jsonl:1", "p.jsonl:2", "p.jsonl:3"]
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    before = out.read_text()
+    code, stdout, err = run_cli(capsys, *[a if a != out else link for a in args])
+    assert code == 2 and err.startswith(f"error: --output {link}: is a symbolic link, not a regular file")
+    assert link.is_symlink() and out.read_text() == before
+
+
+def test_prompt_file_chat_default_and_per_line_choice(capsys, tmp_path, orthrus_ckpt):
+    """A line without "chat" follows --chat; "chat": false keeps that line raw; ids may be numbers."""
+    (tmp_path / "p.jsonl").write_text('{"id": 7, "prompt": "hi", "system": "S"}\n{"id": 2.5, "prompt": "hi", "chat": false}\n')
+    code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt-file", tmp_path / "p.jsonl", "--chat", "--max-new-tokens", "3")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["id"] for r in records] == ["7", "2.5"]
+    assert records[0]["prompt_tokens"] > 10 and records[1]["prompt_tokens"] < 3  # the chat template's tokens, or none
+
+
+def test_threads_apply_to_torch(capsys, orthrus_ckpt):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt", "x", "--max-new-tokens", "2", "--threads", "1")
+        assert code == 0 and torch.get_num_threads() == 1 and "warning" not in err
+    finally:
+        torch.set_num_threads(before)

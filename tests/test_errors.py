@@ -80,6 +80,16 @@ def test_config_unsupported_feature(ckpt, changes, message):
         load_model(ckpt)
 
 
+def test_context_too_long_for_the_rope_tables_is_refused_before_allocating(ckpt, monkeypatch):
+    from orthrus_min.model import RotaryEmbedding
+
+    monkeypatch.setattr(RotaryEmbedding, "build", lambda *a: pytest.fail("the RoPE tables were built"))
+    edit_config(ckpt, max_position_embeddings=10**12)
+    with pytest.raises(OrthrusError, match=r"max_position_embeddings=1000000000000 is more than this implementation supports "
+                                           r"\(1048576 = 2\*\*20 positions\): its RoPE tables alone would take 119,209 GiB"):
+        load_model(ckpt)
+
+
 def test_tensor_missing(ckpt):
     edit_tensors(ckpt, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
     with pytest.raises(OrthrusError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
@@ -167,3 +177,122 @@ def test_config_heads_not_multiple():
     with pytest.raises(OrthrusError, match="num_attention_heads=6 is not a multiple of num_key_value_heads=4"):
         Qwen3Config.from_dict(dict(model_type="qwen3", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                    num_attention_heads=6, num_key_value_heads=4))
+
+
+# ---------------------------------------------------------------- the Python API's door: api.LLM checks every argument
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_checkpoint):
+    from orthrus_min import load
+
+    return load(tiny_checkpoint[0], device="cpu")
+
+
+def np_int(n):
+    import numpy as np
+
+    return np.int64(n)
+
+
+# (id, a call on the LLM, the exception, what its one-line message must match)
+API_CASES = [
+    # max_new_tokens: an int >= 1 (numpy ints too), or one per prompt
+    ("max-new-tokens-float", lambda llm: llm.generate("x", 4.0), TypeError, "max_new_tokens must be an int, got float 4.0"),
+    ("max-new-tokens-fraction", lambda llm: llm.generate("x", 4.5), TypeError, "max_new_tokens must be an int, got float 4.5"),
+    ("max-new-tokens-none", lambda llm: llm.generate("x", None), TypeError, "max_new_tokens must be an int, got NoneType"),
+    ("max-new-tokens-bool", lambda llm: llm.generate("x", True), TypeError, "max_new_tokens must be an int, got bool True"),
+    ("max-new-tokens-tensor", lambda llm: llm.generate("x", torch.tensor(4)), TypeError, "max_new_tokens must be an int, got Tensor"),
+    ("max-new-tokens-string", lambda llm: llm.generate("x", "4"), TypeError, "max_new_tokens must be an int, got str"),
+    ("max-new-tokens-0-in-list", lambda llm: llm.generate(["x", "y"], [4, 0]), OrthrusError, r"max_new_tokens\[1\] must be an int >= 1, got 0"),
+    ("max-new-tokens-list-too-short", lambda llm: llm.generate(["a", "b", "c"], [4, 5]), OrthrusError,
+     "max_new_tokens has 2 entries for 3 prompts"),
+    ("max-new-tokens-beyond-context", lambda llm: llm.generate("x", 10**30), OrthrusError, "exceeds the model's context of 2048 tokens"),
+    # seeds: one int in 0 … 2**63-1 per prompt, checked as seed is
+    ("seeds-a-string", lambda llm: llm.generate(["a", "b"], 4, seeds="ab", temperature=1.0), TypeError,
+     "seeds must be a list of ints, one per prompt, got str"),
+    ("seeds-holding-a-string", lambda llm: llm.generate(["a", "b"], 4, seeds=[1, "x"], temperature=1.0), TypeError,
+     r"seeds\[1\] must be an int, got str 'x'"),
+    ("seeds-beyond-63-bits", lambda llm: llm.generate(["a", "b"], 4, seeds=[1, 2**64], temperature=1.0), OrthrusError,
+     r"seeds\[1\] must be in 0 … 2\*\*63-1, got 18446744073709551616"),
+    ("seeds-negative", lambda llm: llm.generate(["a", "b"], 4, seeds=[1, -5], temperature=1.0), OrthrusError,
+     r"seeds\[1\] must be in 0 … 2\*\*63-1, got -5"),
+    ("seed-negative", lambda llm: llm.generate(["a", "b"], 4, seed=-5, temperature=1.0), OrthrusError,
+     r"seed must be in 0 … 2\*\*63-1, got -5"),
+    ("seeds-too-few", lambda llm: llm.generate(["a", "b"], 4, seeds=[1], temperature=1.0), OrthrusError,
+     "seeds has 1 entries for 2 prompts"),
+    ("seed-and-seeds", lambda llm: llm.generate(["a", "b"], 4, seed=1, seeds=[1, 2]), OrthrusError,
+     "give seed .* or seeds .*, not both"),
+    # sampling settings
+    ("top-k-fraction", lambda llm: SamplingParams(0.7, top_k=2.5), TypeError, "top_k must be an int, got float 2.5"),
+    ("top-k-fraction-generate", lambda llm: llm.generate("x", 4, temperature=0.7, top_k=2.5), TypeError, "top_k must be an int"),
+    ("temperature-nan", lambda llm: llm.generate("x", 4, temperature=float("nan")), OrthrusError, "temperature must be >= 0 and finite"),
+    ("temperature-inf", lambda llm: llm.generate("x", 4, temperature=float("inf")), OrthrusError, "temperature must be >= 0 and finite"),
+    ("top-p-bool", lambda llm: llm.generate("x", 4, temperature=1.0, top_p=True), TypeError, "top_p must be a number, got bool"),
+    ("check-a-string", lambda llm: llm.generate("x", 4, check="yes"), TypeError, "check must be True or False, got str 'yes'"),
+    ("ignore-eos-an-int", lambda llm: llm.generate("x", 4, ignore_eos=1), TypeError, "ignore_eos must be True or False"),
+    ("on-text-not-callable", lambda llm: llm.generate("x", 4, on_text=5), TypeError, "on_text must be a function"),
+    ("mode-an-int", lambda llm: llm.generate("x", 4, mode=3), OrthrusError, "mode 3 is unknown"),
+    # a batch is a flat list of prompts; bytes are refused
+    ("batch-nested-twice", lambda llm: llm.generate([[[1, 2], [3, 4]]], 4), TypeError,
+     "prompt 0 must be a flat list of token ids .ints., but it holds a list: a batch is a flat list of prompts"),
+    ("batch-text-and-list", lambda llm: llm.generate(["a", ["b", "c"]], 4), TypeError,
+     "prompt 1 must be a flat list of token ids .ints., but it holds a str: a batch is a flat list of prompts"),
+    ("ids-and-prompts-mixed", lambda llm: llm.generate([1, [2]], 4), TypeError, "the prompt mixes token ids and prompts"),
+    ("bytes", lambda llm: llm.generate(b"class Stack:", 4), TypeError, r"the prompt is bytes: decode it to a str first"),
+    ("bytes-in-batch", lambda llm: llm.generate(["a", b"b"], 4), TypeError, "prompt 1 is bytes"),
+    ("float-ids", lambda llm: llm.generate([1.0, 2.0], 4), TypeError, "the prompt must be a flat list of token ids .ints., but it holds a float"),
+    ("bool-ids", lambda llm: llm.generate([True, 2], 4), TypeError, "but it holds a bool"),
+    ("float-tensor", lambda llm: llm.generate(torch.tensor([1.0, 2.0]), 4), TypeError, "but it holds a float"),
+    ("tensor-3d", lambda llm: llm.generate(torch.ones(1, 2, 2, dtype=torch.long), 4), TypeError, "must be 1-D .one prompt. or 2-D"),
+    ("a-set", lambda llm: llm.generate({1, 2}, 4), TypeError, "prompt must be a str, a list of token ids, or a list of those"),
+    ("empty-text", lambda llm: llm.generate("", 4), OrthrusError, "the prompt is empty"),
+    ("empty-in-batch", lambda llm: llm.generate(["a", []], 4), OrthrusError, "prompt 1 is empty"),
+    # text that is not valid Unicode
+    ("lone-surrogate", lambda llm: llm.generate("abc\udcff", 4), OrthrusError,
+     r"the prompt is not valid Unicode: a lone surrogate U\+DCFF at character 3 \(byte 0xff: the text is not UTF-8\)"),
+    ("lone-surrogate-in-batch", lambda llm: llm.generate(["ok", "\ud800"], 4), OrthrusError,
+     r"prompt 1 is not valid Unicode: a lone surrogate U\+D800 at character 0$"),
+    ("lone-surrogate-encode", lambda llm: llm.encode("a\udcff"), OrthrusError, "the prompt is not valid Unicode"),
+    ("lone-surrogate-chat", lambda llm: llm.chat([{"role": "user", "content": "a\udcff"}], 4), OrthrusError,
+     r"messages\[0\]\['content'\] is not valid Unicode"),
+    ("lone-surrogate-stream", lambda llm: list(llm.stream("a\udcff", 4)), OrthrusError, "the prompt is not valid Unicode"),
+    ("stream-max-new-tokens-fraction", lambda llm: list(llm.stream("a", 4.5)), TypeError, "max_new_tokens must be an int"),
+    ("enable-thinking-a-string", lambda llm: llm.chat([{"role": "user", "content": "a"}], 4, enable_thinking="no"), TypeError,
+     "enable_thinking must be True or False"),
+    # decode
+    ("decode-a-string", lambda llm: llm.decode("abc"), TypeError, "must be a list of token ids .ints., got str"),
+    ("decode-negative-id", lambda llm: llm.decode([-1]), OrthrusError, "token id -1 is outside the model's vocabulary"),
+    ("decode-huge-id", lambda llm: llm.decode([2**70]), OrthrusError, "token id 1180591620717411303424 is outside"),
+    ("decode-nested", lambda llm: llm.decode([[1, 2]]), TypeError, "but it holds a list"),
+    # loading
+    ("load-model-int8", lambda llm: load_model(llm.folder, dtype=torch.int8), OrthrusError,
+     "dtype torch.int8 is not supported: the model computes in torch.float32, torch.bfloat16 or torch.float16"),
+    ("load-check-weights-a-string", lambda llm: __import__("orthrus_min").load(llm.folder, check_weights="no"), TypeError,
+     "check_weights must be True or False"),
+    ("load-model-an-int", lambda llm: __import__("orthrus_min").load(3), TypeError, "model must be a checkpoint folder or a Hub id"),
+]
+
+
+@pytest.mark.parametrize("case, call, error, match", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_refuses_bad_arguments_at_the_door(llm, monkeypatch, case, call, error, match):
+    """Every bad argument is refused by api.LLM before any work: the engine is never reached."""
+    import orthrus_min.ar as ar
+
+    if case != "max-new-tokens-beyond-context":  # the one check left to the engine (it needs the encoded prompt's length)
+        monkeypatch.setattr(ar, "generate_ar", lambda *a, **k: pytest.fail("the engine was reached"))
+    with pytest.raises(error, match=match) as e:
+        call(llm)
+    assert "\n" not in str(e.value)
+
+
+def test_api_accepts_integer_scalars_and_arrays(llm):
+    """numpy integers count as ints; token ids and seeds may come as 1-D arrays or tensors."""
+    import numpy as np
+
+    out = llm.generate(np.array([5, 6]), np_int(3), seed=np_int(1), temperature=1.0)
+    assert len(out.token_ids) == 3 and out.sampling.seed == 1 and type(out.sampling.seed) is int
+    rows = llm.generate(torch.tensor([[5, 6], [7, 8]]), [np_int(2), 3], seeds=np.array([1, 2]), temperature=1.0)
+    assert [len(r.token_ids) for r in rows] == [2, 3]
+    assert llm.decode(torch.tensor(out.token_ids)) == llm.decode(out.token_ids) == out.text
+    assert llm.decode([]) == ""

@@ -553,7 +553,7 @@ def test_bad_requests(twins, tmp_path):
         (lambda: generate_orthrus(mm, [], 5), "the prompt is empty"),
         (lambda: generate_ar(mm, [1], 0), "max_new_tokens must be an int >= 1, got 0"),
         (lambda: generate_orthrus(mm, [1], 5, block_size=9), "block size 9 is larger than the checkpoint's block_size 8"),
-        (lambda: generate_orthrus(mm, [1], 5, block_size=0), "block size must be an int >= 1, got 0"),
+        (lambda: generate_orthrus(mm, [1], 5, block_size=0), "block size must be an int >= 1"),
         (lambda: generate_orthrus(mm, [1], 2040), r"exceeds the model's context of 2048 tokens"),
         (lambda: generate_ar(mm, [1], 5, SamplingParams(1.0, seed=-1)), r"seed must be in 0 … 2\*\*63-1, got -1"),
         (lambda: mm(mx.array([[1, 2]]), view="draft"), "view 'draft' is unknown"),
@@ -570,3 +570,75 @@ def test_bad_requests(twins, tmp_path):
     with pytest.raises(OrthrusError, match="this checkpoint has no diffusion view"):
         ar_only(mx.array([[1, 2]]), view="diffusion")
     assert len(generate_ar(ar_only, [1, 2], 5, ignore_eos=True).tokens) == 5
+
+
+@pytest.fixture(scope="module")
+def mlx_llm(tmp_path_factory):
+    """A tiny Orthrus checkpoint with a tokenizer, loaded through the front door with backend="mlx"."""
+    from conftest import make_tokenizer_files
+    from orthrus_min import load
+
+    folder = tmp_path_factory.mktemp("mlx_door")
+    _, model = make_orthrus(0, "random", block_size=8, mask_token_id=3)
+    save_model(model, folder)
+    make_tokenizer_files(folder)
+    return load(folder, backend="mlx", device="cpu")
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda llm: llm.generate(["a", "b", "c"], [4, 5]), OrthrusError, "max_new_tokens has 2 entries for 3 prompts"),
+    (lambda llm: llm.generate(["a", "b"], 4, seeds=[1], temperature=1.0), OrthrusError, "seeds has 1 entries for 2 prompts"),
+    (lambda llm: llm.generate(["a", "b"], 4, seeds=[1, -5], temperature=1.0), OrthrusError, r"seeds\[1\] must be in 0 … 2\*\*63-1"),
+    (lambda llm: llm.generate("x", 4.0), TypeError, "max_new_tokens must be an int, got float"),
+    (lambda llm: llm.generate(["a", ["b", "c"]], 4), TypeError, "a batch is a flat list of prompts"),
+    (lambda llm: llm.generate(b"class Stack:", 4), TypeError, "the prompt is bytes"),
+    (lambda llm: llm.generate("abc\udcff", 4), OrthrusError, r"not valid Unicode: a lone surrogate U\+DCFF"),
+], ids=["budgets-too-few", "seeds-too-few", "seed-negative", "budget-float", "nested-batch", "bytes", "lone-surrogate"])
+def test_mlx_goes_through_the_same_door(mlx_llm, monkeypatch, call, error, match):
+    """The torch backend's argument checks hold for MLX: they run in api.LLM before either backend's decoder."""
+    import orthrus_min.mlx.ar as mlx_ar
+
+    monkeypatch.setattr(mlx_ar, "generate_ar", lambda *a, **k: pytest.fail("the decoder was reached"))
+    with pytest.raises(error, match=match) as e:
+        call(mlx_llm)
+    assert "\n" not in str(e.value)
+
+
+def test_mlx_batch_has_one_completion_per_prompt(mlx_llm):
+    rows = mlx_llm.generate(["a", "b", "c"], [2, 3, 4], mode="ar")
+    assert [len(r.token_ids) for r in rows] == [2, 3, 4]
+
+
+def test_mlx_refuses_non_finite_weights_as_torch_does(tmp_path):
+    from orthrus_min import load
+
+    _, model = make_orthrus(0, "random", block_size=8)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
+    save_model(model, tmp_path)
+    with pytest.raises(OrthrusError, match=r"1 tensor\(s\) hold NaN or infinite values \(model\.layers\.1\.mlp\.down_proj\.weight\)"):
+        load_model(tmp_path)
+    from conftest import make_tokenizer_files
+
+    make_tokenizer_files(tmp_path)
+    with pytest.raises(OrthrusError, match="hold NaN or infinite values"):
+        load(tmp_path, backend="mlx")
+    assert load(tmp_path, backend="mlx", check_weights=False).backend == "mlx"  # loads anyway when asked
+
+
+def test_threads_with_mlx_get_a_warning(capsys, tmp_path):
+    from conftest import make_tokenizer_files
+    from orthrus_min.generate import main
+
+    _, model = make_orthrus(0, "random", block_size=8, mask_token_id=3)
+    save_model(model, tmp_path)
+    make_tokenizer_files(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = main(["--model", str(tmp_path), "--backend", "mlx", "--prompt", "x", "--max-new-tokens", "2", "--threads", "1"])
+        assert torch.get_num_threads() == 2  # not applied to torch, which does not run
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: --threads has no effect with --backend mlx (MLX chooses its own threads)" in err.splitlines()

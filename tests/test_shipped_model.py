@@ -55,3 +55,14 @@ def test_heldout_acceptance_and_identical_output(shipped):
         assert out.tokens == generate_ar(model, ids, 64, ignore_eos=True).tokens
         accepted += out.accepted
     assert float(np.mean(accepted)) >= 3.3
+
+
+def test_auto_block_size_equals_ar_on_every_heldout_prompt(shipped):
+    """block_size="auto" changes speed only: all 16 held-out prompts x 128 tokens, as one batch, equal AR decoding."""
+    model, tok = shipped
+    prompts = [tok.encode(p) for p in heldout_prompts()]
+    assert len(prompts) == 16
+    auto = generate_orthrus(model, prompts, 128, block_size="auto", ignore_eos=True)
+    ar = generate_ar(model, prompts, 128, ignore_eos=True)
+    assert [g.tokens for g in auto] == [g.tokens for g in ar]
+    assert all(set(g.block_sizes) <= {2, 4, 8, 16, 32} and len(g.block_sizes) == len(g.accepted) for g in auto)

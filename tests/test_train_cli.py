@@ -183,16 +183,52 @@ def test_the_documented_commands_still_parse():
         parser.parse_args(shlex.split(command))
 
 
-def test_progress_writes_a_line_per_interval_when_not_on_a_terminal():
+class FakeClock:
+    """time.perf_counter at a chosen origin, advancing `tick` seconds per reading."""
+
+    def __init__(self, origin: float, tick: float = 0.001):
+        self.now, self.tick = origin, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("origin", [0.0, 5.0, 3599.0, 1e7], ids=["boot", "5s", "under-an-hour", "months"])
+def test_progress_writes_a_line_per_interval_when_not_on_a_terminal(monkeypatch, origin):
+    """The first step and the last one, nothing in between, whatever the clock's origin (perf_counter starts near 0 on a
+    freshly booted machine)."""
     import io
+    import time
 
     from orthrus_min.train.progress import Progress
 
+    monkeypatch.setattr(time, "perf_counter", FakeClock(origin))
     stream = io.StringIO()  # not a TTY: no bar, plain lines
     bar = Progress(500, 0, "distill", interval=3600, stream=stream)
     for step in range(1, 501):
         bar.update(step, loss=0.5, tokens_per_s=1234.0)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # the first step and the last one, nothing in between
+    assert lines[0].startswith("distill 1/500 (0%) | loss 0.5000 | 1,234 tokens/s | elapsed 0s")
     assert lines[-1].startswith("distill 500/500 (100%) | loss 0.5000 | 1,234 tokens/s | elapsed ") and "ETA 0s" in lines[-1]
     assert "\r" not in stream.getvalue()
+
+
+def test_progress_first_line_on_a_young_clock_then_one_per_interval(monkeypatch):
+    """perf_counter at 5 s (a machine booted 5 s ago): the first update writes a line; then one per 10-s interval."""
+    import io
+    import time
+
+    from orthrus_min.train.progress import Progress
+
+    clock = FakeClock(5.0, tick=0.0)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    stream = io.StringIO()
+    bar = Progress(100, 0, "pretrain", interval=10.0, stream=stream)
+    for step in range(1, 100):
+        clock.now += 1.0  # one second per step
+        bar.update(step, loss=1.0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" |")[0] for line in lines] == [f"pretrain {s}/100 ({s}%)" for s in range(1, 100, 10)]
+    assert "elapsed 1s" in lines[0] and "ETA 1m39s" in lines[0]

@@ -41,8 +41,9 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-# (L, T, G, causal, D, num_splits): every L in {0, 1, 7, 129, 1000}, T in {1, 2, 16, 32}, G in {1, 2, 4, 8},
-# both masks, D in {64, 128}, and the split-KV combine forced three times (once with splits that see no key).
+# (L, T, G, causal, D, keys_per_split): every L in {0, 1, 7, 129, 1000}, T in {1, 2, 16, 32}, G in {1, 2, 4, 8},
+# both masks, D in {64, 128}, and the split-KV combine three times with smaller splits (once with splits in which
+# some queries see no key, once with splits that are not a whole number of key tiles).
 KERNEL_CASES = [
     (0, 1, 1, True, 64, None),
     (0, 16, 2, False, 128, None),
@@ -54,40 +55,40 @@ KERNEL_CASES = [
     (129, 2, 1, False, 128, None),
     (1000, 32, 4, True, 128, None),
     (1000, 16, 8, False, 64, None),
-    (1000, 1, 2, False, 64, 3),
-    (129, 16, 4, True, 128, 3),
-    (0, 32, 1, True, 64, 3),  # 32 keys in tiles of 64: splits 1 and 2 are empty
+    (1000, 1, 2, False, 64, 384),  # 3 splits
+    (129, 16, 4, True, 128, 50),  # 3 splits of 50 keys: not whole tiles of 32
+    (0, 32, 1, True, 64, 16),  # 2 splits: queries 0 … 15 see no key of the second
 ]
 
 
 def case_id(case) -> str:
-    L, T, G, causal, D, splits = case
-    return f"L{L}-K{T}-G{G}-{'causal' if causal else 'bidir'}-D{D}" + (f"-split{splits}" if splits else "")
+    L, T, G, causal, D, split = case
+    return f"L{L}-K{T}-G{G}-{'causal' if causal else 'bidir'}-D{D}" + (f"-split{split}" if split else "")
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
 def test_kernel_matches_reference(case):
-    L, T, G, causal, D, splits = case
+    L, T, G, causal, D, split = case
     B, Hkv = 2, 2
     q, k, v = make_qkv(B, G * Hkv, Hkv, T, L + T, D, seed=L + T + G)
-    out = block_attention(q, k, v, causal, num_splits=splits)
+    out = block_attention(q, k, v, causal, keys_per_split=split)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert max_err(out, reference_block_attention(q, k, v, causal)) <= TOL
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-@pytest.mark.parametrize("splits", [None, 3], ids=["one-split", "split3"])
-def test_ragged_batch(causal, splits):
+@pytest.mark.parametrize("split", [None, 50], ids=["default-split", "split50"])
+def test_ragged_batch(causal, split):
     """Rows with different prefix lengths; slots past a row's L+T hold NaN and must never be read."""
-    lengths = [1000, 7, 129, 0] if splits is None else [100, 0, 37]  # split3: row 0's last split has block keys only
-    T, G, Hkv, D = 16 if splits is None else 32, 2, 1, 64
+    lengths = [1000, 7, 129, 0] if split is None else [100, 0, 37]  # split50: row 0's last split has block keys only,
+    T, G, Hkv, D = 16 if split is None else 32, 2, 1, 64  # row 1's second and third splits have none of its keys
     B, S = len(lengths), max(lengths) + T
     q, k, v = make_qkv(B, G * Hkv, Hkv, T, S, D, seed=B)
     for b, Lb in enumerate(lengths):
         k[b, :, Lb + T :] = float("nan")
         v[b, :, Lb + T :] = float("nan")
     lens = torch.tensor(lengths, device=DEVICE)
-    out = block_attention(q, k, v, causal, lengths=lens, num_splits=splits)
+    out = block_attention(q, k, v, causal, lengths=lens, keys_per_split=split)
     assert not out.isnan().any()
     ref = reference_block_attention(q, k.nan_to_num(), v.nan_to_num(), causal, lengths=lens)
     assert max_err(out, ref) <= TOL
@@ -122,11 +123,11 @@ def test_reference_matches_sdpa(causal, lengths):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16/fp16 only on a GPU (the interpreter computes bf16 tl.dot wrongly)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", [(4096, 32, 2, True, 128, None), (4096, 32, 4, False, 128, None),
-                                  (63, 7, 8, True, 256, None), (1000, 16, 1, False, 16, 5)], ids=case_id)
+                                  (63, 7, 8, True, 256, None), (1000, 16, 1, False, 16, 200)], ids=case_id)
 def test_kernel_half_precision_on_gpu(case, dtype):
-    L, T, G, causal, D, splits = case
+    L, T, G, causal, D, split = case
     q, k, v = make_qkv(1, G * 8, 8, T, L + T, D, dtype=dtype)
-    out = block_attention(q, k, v, causal, num_splits=splits)
+    out = block_attention(q, k, v, causal, keys_per_split=split)
     ref = reference_block_attention(q.float(), k.float(), v.float(), causal)
     assert out.dtype == dtype and max_err(out, ref) <= 2e-2
 
@@ -225,10 +226,10 @@ def test_wrapper_errors(name):
         block_attention(q, k, v, True, lengths=lengths)
 
 
-def test_num_splits_must_be_positive():
+def test_keys_per_split_must_be_positive():
     q, k, v = make_qkv(1, 2, 2, 3, 10, 16)
-    with pytest.raises(OrthrusError, match="num_splits must be a positive int or None, got 0"):
-        block_attention(q, k, v, True, num_splits=0)
+    with pytest.raises(OrthrusError, match="keys_per_split must be a positive int or None, got 0"):
+        block_attention(q, k, v, True, keys_per_split=0)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the CPU-without-interpreter message")
@@ -266,11 +267,38 @@ def test_bench_attn_without_gpu_exits_2(capsys):
     assert "bench attn needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_split_heuristic_fills_one_wave(monkeypatch):
-    """Flash-decoding splits: one program per SM (the H100 sweep's best), never a split under 64 keys."""
-    monkeypatch.setattr(triton_attn, "_num_sms", lambda index: 132)
-    cuda = torch.device("cuda", 0)
-    assert triton_attn._choose_num_splits(8, 1024 + 32, cuda) == 16  # Qwen3-1.7B layout, L = 1k: 8 programs x 16
-    assert triton_attn._choose_num_splits(8, 100, cuda) == 1  # too few keys to split
-    assert triton_attn._choose_num_splits(132, 32768, cuda) == 1  # the programs already fill the GPU
-    assert triton_attn._choose_num_splits(8, 32768, torch.device("cpu")) == 1  # the interpreter: never split
+def test_launch_config_depends_on_dtype_and_head_dim_only():
+    """Batch invariance: the tile shapes and the split size never follow T, B, S or the GPU's size."""
+    def config(B, T, S, D=128, dtype=torch.bfloat16):
+        q = torch.empty(B, 16, T, D, dtype=dtype, device="meta")
+        return triton_attn.choose_config(q, torch.empty(B, 8, S, D, dtype=dtype, device="meta"))
+
+    configs = {config(B, T, S) for B, T, S in ((1, 1, 100), (1, 32, 100), (16, 7, 100), (1, 32, 40000))}
+    assert configs == {triton_attn.LaunchConfig(128, 64, 8, 3, triton_attn.KEYS_PER_SPLIT)}
+    # fp32 with D = 256: rows of 1 KiB get smaller tiles
+    assert config(1, 3, 10, D=256, dtype=torch.float32) == triton_attn.LaunchConfig(64, 16, 4, 2, triton_attn.KEYS_PER_SPLIT)
+
+
+@pytest.mark.parametrize("split", [None, 48], ids=["default-split", "split48"])
+def test_a_query_gives_the_same_bits_alone_in_a_block_in_a_batch(split):
+    """Batch invariance (docs/ARCHITECTURE.md, "What exact means"): the AR view's query at position p gives the same
+    bits alone (T = 1, as AR decoding computes it), as the last query of a verify block of T, next to rows of other
+    lengths, and over caches of other capacities (so over another number of splits)."""
+    p, G, Hkv, D = 150, 2, 2, 64
+    q, k, v = make_qkv(3, G * Hkv, Hkv, 32, 300, D, seed=3)  # (3, H, 32, D), (3, Hkv, 300, D) x2
+    for T in (1, 3, 32):
+        alone = block_attention(q[:1, :, T - 1 : T], k[:1, :, : p + 1], v[:1, :, : p + 1], True,
+                                lengths=torch.tensor([p], device=DEVICE), keys_per_split=split)
+        lengths = torch.tensor([p - T + 1, 7, 300 - T], device=DEVICE)  # the block's last query sits at position p
+        block = block_attention(q[:, :, :T], k, v, True, lengths=lengths, keys_per_split=split)
+        assert torch.equal(block[0, :, T - 1], alone[0, :, 0]), f"T={T}"
+
+
+def test_a_draft_block_gives_the_same_bits_alone_and_in_a_batch():
+    """The diffusion view's block (bidirectional): the same bits alone over a cache of its own size and in a batch."""
+    L, T, G, Hkv, D = 150, 8, 2, 2, 64
+    q, k, v = make_qkv(3, G * Hkv, Hkv, T, 300, D, seed=4)
+    alone = block_attention(q[:1], k[:1, :, : L + T], v[:1, :, : L + T], False, lengths=torch.tensor([L], device=DEVICE),
+                            keys_per_split=48)
+    batch = block_attention(q, k, v, False, lengths=torch.tensor([L, 0, 250], device=DEVICE), keys_per_split=48)
+    assert torch.equal(batch[:1], alone)

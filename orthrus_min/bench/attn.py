@@ -95,11 +95,8 @@ def allow_many_compiles() -> None:
 def sweep(args) -> None:
     """Times launch configurations of our kernel around `choose_config`'s pick and prints, per cell, the fastest
     next to the chosen one (row by row: minutes of compiling)."""
-    import triton
+    from ..triton_attn import LaunchConfig, _launch, choose_config
 
-    from ..triton_attn import LaunchConfig, _launch, _num_sms, choose_config
-
-    num_sms = _num_sms(torch.cuda.current_device())
     print("| model | L | mask | chosen config | chosen µs | fastest config | fastest µs |")
     print("| --- | ---: | --- | --- | ---: | --- | ---: |")
     for name in args.layouts:
@@ -108,12 +105,11 @@ def sweep(args) -> None:
             q, k, v = make_inputs(args.batch, H, Hkv, L, args.block, L + args.block + 64)
             for causal in (True, False):
                 chosen = choose_config(q, k)
-                programs = args.batch * Hkv * triton.cdiv(H // Hkv * args.block, chosen.block_m)
                 expected = _launch(q, k, v, causal, None, chosen).float()
                 timings = {}
-                for block_n, warps, stages, waves in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)):
-                    splits = max(1, min(waves * num_sms // programs, k.shape[2] // block_n))  # `waves` programs per SM
-                    config = LaunchConfig(chosen.block_m, block_n, warps, stages, splits)
+                for block_n, warps, stages, keys_per_split in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (128, 256, 512)):
+                    # the q tile (block_m) stays fixed: batch invariance needs one tile shape for every T
+                    config = LaunchConfig(chosen.block_m, block_n, warps, stages, keys_per_split)
                     try:
                         error = (_launch(q, k, v, causal, None, config).float() - expected).abs().max().item()
                     except Exception as e:  # e.g. triton's OutOfResources: the tiles do not fit in shared memory

@@ -1,13 +1,15 @@
 """The command line of the benchmarks: flags, the checks that run before any work, and dispatch.
 
-    python -m orthrus_min.bench <command> [flags]     # commands: all, orthrus, ar, forward, random-model, attn
+    python -m orthrus_min.bench <command> [flags]     # commands: all, orthrus, ar, forward, random-model, attn, gpu
     python -m orthrus_min.bench <command> --help      # every flag, with its default
 
 Conventions (shared with generate and train): every flag has help text that states its default
 once, as "(default: …)"; flags that change with --smoke say both. Every user mistake — a bad
 flag value, an output path that cannot be written, a bad model or prompt file — prints one line
 `error: …` on stderr and exits with status 2, before any model is loaded where it can be
-checked that early.
+checked that early; so does a full disk. Report files are written under a temporary name and
+renamed, only over a regular file (files.py's rule); `random-model` refuses a non-empty --out
+unless --overwrite.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 
 from ..cli import command_parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
 from ..engine import COMPILE_MODES
-from .common import check_writable_file, check_writable_folder, write_json, write_text
+from ..files import check_replaceable, check_writable_file, check_writable_folder
+from .common import write_json, write_text
 
-MODEL_COMMANDS = ("all", "orthrus", "ar", "forward")  # run a model and write OUT/bench_<command>.{json,md}
+MODEL_COMMANDS = ("all", "orthrus", "ar", "forward", "gpu")  # run a model and write OUT/bench_<command>.{json,md}
 
 
 def layout_list(text: str) -> list[str]:
@@ -149,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = "write a random Qwen3 checkpoint of a preset shape (to benchmark on)"
     rm = sub.add_parser("random-model", help=help_, description=help_, formatter_class=fmt)
     rm.add_argument("--preset", choices=list(PRESETS), default="small", help="the model's shape (default: small)")
-    rm.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    rm.add_argument("--out", type=Path, required=True, help="checkpoint folder to write: new or empty, unless --overwrite")
+    rm.add_argument("--overwrite", action="store_true", help="replace config.json and model.safetensors in a non-empty "
+                                                            "--out (other files stay)")
     rm.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     rm.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
 
@@ -168,14 +173,50 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--sweep", action="store_true",
                     help="instead of the comparison, time 54 launch configurations of our kernel per cell and print the fastest "
                          "next to the one `choose_config` picks (a tuning aid; minutes of compiling)")
+
+    add_gpu_parser(sub, fmt)
     return p
+
+
+def add_gpu_parser(sub, fmt) -> None:
+    """The `gpu` command: every section of gpu.py, one report."""
+    from ..model import DEFAULT_MODEL
+    from .gpu import SECTIONS, section_list
+    from .gpu import __doc__ as gpu_doc
+
+    help_ = "everything a GPU run must show, in one report: GPU tests, batch invariance, CUDA-graph decoding, roofline, kernel"
+    gp = sub.add_parser("gpu", help=help_, description=gpu_doc, formatter_class=fmt)
+    gp.add_argument("--model", default=str(DEFAULT_MODEL), help="the Orthrus checkpoint of the decode and identical sections "
+                    "(default: the shipped model)")
+    gp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default: auto)")
+    gp.add_argument("--sections", type=section_list, default=list(SECTIONS),
+                    help=f"comma-separated, from {', '.join(SECTIONS)} (default: all of them)")
+    gp.add_argument("--compile-mode", default=None, choices=(*COMPILE_MODES, "none"),
+                    help="torch.compile mode of the compiled rows, or none (default: reduce-overhead, i.e. CUDA graphs, on a "
+                         "GPU; none on a CPU, where compiling takes minutes)")
+    gp.add_argument("--block-size", type=positive_int, default=8, help="K of the decode section and of the batched rows "
+                                                                       "(default: 8)")
+    gp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
+    gp.add_argument("--smoke", action="store_true", help="seconds: tiny sizes in every section (the tests run it on the CPU)")
+    gp.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench_gpu.md and .json "
+                                                                              "(default: bench-results)")
+    gp.add_argument("--json", type=Path, default=None, help="write the result as JSON here instead (default: OUT/bench_gpu.json)")
 
 
 # --------------------------------------------------------------------------- running a command
 
 
 def check_outputs(args) -> None:
-    """Proves every output path can be written (creating OUT), before any model is loaded; fills in the default --json."""
+    """Proves every output path can be written (creating OUT), before any model is loaded; fills in the default --json.
+
+    The report files a command rewrites in OUT (bench_<command>.md, .json, .png) may only replace regular files
+    (files.py's rule); random-model refuses a non-empty OUT without --overwrite."""
+    if args.command == "random-model":
+        from .random_model import check_model_out
+
+        check_model_out(args.out, args.overwrite)
+    elif args.command in MODEL_COMMANDS:
+        check_replaceable(args.out, "--out", {f"bench_{args.command}.{ext}": None for ext in ("md", "json", "png")})
     check_writable_folder(args.out, "--out")
     if args.command in MODEL_COMMANDS:
         args.json = args.json or args.out / f"bench_{args.command}.json"
@@ -192,6 +233,10 @@ def run_benchmark(args) -> tuple[dict, str]:
         from .forward import bench_forward
 
         return bench_forward(args)
+    if args.command == "gpu":
+        from .gpu import bench_gpu
+
+        return bench_gpu(args)
     from .decode import bench_decode
 
     return bench_decode(args)
@@ -226,6 +271,10 @@ def run(args) -> int:
         return run_random_model(args)
     result, report = run_benchmark(args)
     finish(args, result, report)
+    if args.command == "gpu":
+        from .gpu import failed
+
+        return 1 if failed(result) else 0  # a failed check or a section that could not run
     return 0
 
 

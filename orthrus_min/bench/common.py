@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 import torch
 
 from ..errors import OrthrusError
+from ..files import write_text_atomically
 
 T = TypeVar("T")
 
@@ -193,6 +194,31 @@ def time_calls(fn: Callable[[], T], device: torch.device, timing: Timing = END_T
 COPY_TIMING = Timing(iters=5, warmup_calls=2)
 
 
+def available_mib(device: torch.device) -> int | None:
+    """MiB that may still be allocated: free CUDA memory, or the machine's available memory for the CPU (None: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2**20
+    try:
+        with open("/proc/meminfo") as f:  # Linux: MemAvailable counts the page cache that can be dropped
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20  # elsewhere: all of it
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_copy_size(device: torch.device, mib: int) -> None:
+    """--copy-mib: the probe's two buffers must fit in the device's memory; a one-line error naming the need if not."""
+    available = available_mib(device)
+    if available is not None and 2 * mib > available:
+        raise OrthrusError(f"--copy-mib {mib} needs {2 * mib:,} MiB (a source and a destination buffer), but {device} has "
+                           f"{available:,} MiB available; give a smaller --copy-mib")
+
+
 def copy_bandwidth_gbs(device: torch.device, mib: int, timing: Timing = COPY_TIMING) -> float:
     """Achieved GB/s of copying `mib` MiB within device memory (bytes read + bytes written): the roofline's bandwidth."""
     src = torch.ones(mib * 2**20, dtype=torch.uint8, device=device)  # (mib Mi,)
@@ -239,51 +265,15 @@ def first_mismatch(a: list[int], b: list[int]) -> int | None:
 
 
 # --------------------------------------------------------------------------- output files
-
-
-def _cannot_write_in(folder: Path) -> str | None:
-    """Why no file can be written in `folder` (created, with its parents, if need be), or None if one can."""
-    for existing in (folder, *folder.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                return f"{existing} is a file, not a folder"
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"cannot write there ({e.strerror or type(e).__name__})"
-    return None
-
-
-def check_writable_folder(path: Path, flag: str) -> None:
-    """Creates the folder `path` if needed and proves a file can be written in it; OrthrusError naming `flag` if not."""
-    problem = _cannot_write_in(path)
-    if problem:
-        raise OrthrusError(f"{flag} {path}: {problem}")
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    """Proves the file `path` can be written (its folder created if needed), without changing it; OrthrusError if not."""
-    problem = "is a folder; give a file name" if path.is_dir() else _cannot_write_in(path.parent)
-    if problem is None and path.exists():
-        try:
-            with open(path, "a"):  # appending nothing: the file stays as it is
-                pass
-        except OSError as e:
-            problem = f"cannot write there ({e.strerror or type(e).__name__})"
-    if problem:
-        raise OrthrusError(f"{flag} {path}: {problem}")
+#
+# Whether an output path can be written, and what may be replaced there, is files.py's one rule.
 
 
 def write_json(result: dict, path: Path) -> None:
-    """The result as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    """The result as indented JSON, replacing the file atomically (a full disk: a one-line error, the old file kept)."""
+    write_text_atomically(path, json.dumps(result, indent=2) + "\n")
 
 
 def write_text(text: str, path: Path) -> None:
-    """A text file (the Markdown report), its folder created if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """A text file (the Markdown report), its folder created if needed, replaced atomically."""
+    write_text_atomically(path, text)

@@ -255,6 +255,11 @@ def settings_from(args, config) -> dict:
     if room < 1:
         raise OrthrusError(f"--max-new-tokens {s['new_tokens']} and a block of {K} leave no room for a prompt in the model's "
                            f"context of {config.max_position_embeddings} tokens")
+    too_long = [L for L in s["context_lengths"] if L > room]
+    if too_long and args.context_lengths is not None:  # the defaults are clipped; a length asked for is not dropped
+        raise OrthrusError(f"--context-lengths {','.join(map(str, too_long))}: the model's context of "
+                           f"{config.max_position_embeddings} tokens leaves room for prompts of at most {room} tokens "
+                           f"(with --max-new-tokens {s['new_tokens']} and a block of {K})")
     s["context_lengths"] = [L for L in s["context_lengths"] if L <= room]
     if args.context_lengths is None and not args.smoke and room > max(s["context_lengths"], default=0):
         s["context_lengths"].append(room)  # the longest prompt the model allows, as the last point

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import write_atomically
 from .common import fmt
 
 LABELS = {"transformers": "Transformers generate (greedy)", "ar": "orthrus_min AR (greedy)",
@@ -173,7 +174,8 @@ def plot(r: dict, path: Path) -> bool:
     s = r["settings"]
     fig.suptitle(f"Orthrus greedy vs AR — {Path(s['model']).name}, {s['device']}, {s['dtype']}", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, dpi=120, format="png"), "--out")  # a full disk: one line
+    finally:
+        plt.close(fig)
     return True

@@ -72,6 +72,13 @@ def _eos(model, d: Decoding) -> list[int] | None:
     return (list(model.config.eos_token_id) or None) if d.stop_at_eos else None
 
 
+def _compiler(d: Decoding, compiled: bool):
+    """One Compiler per method, kept by it across runs (compiled steps, CUDA-graph buffers); None when eager."""
+    from ..engine import Compiler
+
+    return Compiler(d.compile_mode) if compiled else None
+
+
 def _run(g) -> Run:
     """A Run from an orthrus_min `Generation` (seconds and peak memory are filled in by the caller)."""
     return Run(g.tokens, ttft_s=g.prefill_s, decode_s=g.decode_s, num_forwards=g.num_forwards, accepted=list(g.accepted))
@@ -81,7 +88,7 @@ def ar_method(model, d: Decoding, sampled: bool = False, compiled: bool = False)
     """Our AR decoder (`generate_ar`), greedy or at d.temperature; compiled: its step compiled with d.compile_mode."""
     from ..ar import generate_ar
 
-    sampling, mode = _sampling(d, sampled), d.compile_mode if compiled else None
+    sampling, mode = _sampling(d, sampled), _compiler(d, compiled)
     return lambda ids: _run(generate_ar(model, ids, d.max_new_tokens, sampling, ignore_eos=not d.stop_at_eos, compile_mode=mode))
 
 
@@ -90,7 +97,7 @@ def orthrus_method(model, d: Decoding, block_size: int, sampled: bool = False, c
     step compiled with d.compile_mode."""
     from ..consensus import generate_orthrus
 
-    sampling, mode = _sampling(d, sampled), d.compile_mode if compiled else None
+    sampling, mode = _sampling(d, sampled), _compiler(d, compiled)
     return lambda ids: _run(generate_orthrus(model, ids, d.max_new_tokens, sampling, block_size=block_size,
                                              ignore_eos=not d.stop_at_eos, compile_mode=mode))
 
@@ -101,7 +108,7 @@ def batch_method(model, d: Decoding, block_size: int | None, compiled: bool = Fa
     from ..ar import generate_ar
     from ..consensus import generate_orthrus
 
-    mode = d.compile_mode if compiled else None
+    mode = _compiler(d, compiled)
 
     def run(batch: list[list[int]]) -> Run:
         if block_size is None:

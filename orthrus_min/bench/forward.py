@@ -26,7 +26,7 @@ from statistics import median
 import torch
 
 from ..errors import OrthrusError
-from .common import Timing, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, time_calls
+from .common import Timing, check_copy_size, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, time_calls
 from .decoders import Decoding, ar_method, compile_mode_of, prepare_compiled, transformers_method
 from .measure import measure, warm_up
 from .reference import MISSING
@@ -62,9 +62,9 @@ def forward_latencies(model, device: torch.device, lengths: list[int], tokens: l
     Rows: {"view", "cache_len", "tokens", "ms"}; the diffusion view only for T > 1 and an Orthrus checkpoint.
     compile_mode: time the forward compiled as the decode steps are (one graph per (view, L, T): a compile each).
     """
-    from ..engine import compiled
+    from ..engine import Compiler
 
-    forward = compiled(model.forward, compile_mode) if compile_mode else model.forward
+    forward = Compiler(compile_mode).compile(model.forward)
     timing = Timing(iters=iters, warmup_calls=WARMUP_CALLS)
     views = ["ar"] + (["diffusion"] if model.config.has_diffusion_view else [])
     rows = []
@@ -159,6 +159,7 @@ def forward_settings(args, device: torch.device, config, block_size: int | None)
         raise OrthrusError(f"no cache length L in --lengths leaves room for {max(tokens)} tokens in the model's context "
                            f"of {limit}")
     mib = args.copy_mib or (16 if args.smoke else 1024 if device.type == "cuda" else 256)
+    check_copy_size(device, mib)  # before the model loads
     return {"lengths": lengths, "tokens": tokens, "iters": _pick(args, table, "iters"), "copy_mib": mib}
 
 

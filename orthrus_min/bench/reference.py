@@ -64,7 +64,7 @@ class FirstTokenClock:
     @property
     def ttft_s(self) -> float:
         """Seconds from construction to the first new token (to now, if none came)."""
-        return (self.first or time.perf_counter()) - self.start
+        return (self.first if self.first is not None else time.perf_counter()) - self.start
 
 
 def hf_generate(ref, prompt_ids: list[int], n: int, eos: list[int] | None) -> tuple[list[int], float]:

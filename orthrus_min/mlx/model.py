@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ..errors import OrthrusError
-from ..model import VIEWS, NO_DIFFUSION_VIEW, Qwen3Config, resolve_checkpoint, safetensors_files
+from ..model import VIEWS, NO_DIFFUSION_VIEW, Qwen3Config, check_finite, resolve_checkpoint, safetensors_files
 from .backend import require_mlx, resolve_device, resolve_dtype
 
 mx = require_mlx()  # a one-line OrthrusError naming the extra to install when MLX is missing
@@ -236,13 +236,15 @@ class Qwen3ForCausalLM(nn.Module):
 # --------------------------------------------------------------------------- loading
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: str | None = "auto", device: str | None = "auto") -> Qwen3ForCausalLM:
+def load_model(name_or_path: str | os.PathLike, dtype: str | None = "auto", device: str | None = "auto",
+               check_weights: bool = True) -> Qwen3ForCausalLM:
     """Loads a Qwen3 or Orthrus checkpoint (folder or Hub id, as the torch `load_model`) into MLX for inference.
 
     The safetensors files are read with `mx.load` and checked against the model's parameters by
     name and shape (missing, unexpected and mis-shaped tensors are reported by name). dtype:
     "auto" (bfloat16 on the GPU, float32 on the CPU), float32, bfloat16 or float16; a bf16
     checkpoint asked for in bf16 stays bf16, no round trip. device: "auto", "cpu" or "gpu".
+    check_weights: refuse a checkpoint with NaN or infinite weights, as the torch loader does.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -277,6 +279,9 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | None = "auto", devi
         problems.append("wrong shapes: " + "; ".join(misshaped[:8]))
     if problems:
         raise OrthrusError(f"{folder}: checkpoint does not match config.json — " + " | ".join(problems))
+    if check_weights:
+        with mx.stream(dev):
+            check_finite(folder, [name for name, t in state.items() if not mx.all(mx.isfinite(t)).item()])
     model.update(tree_unflatten(list(state.items())))  # names and shapes were checked above
     model.device = dev
     model.eval()

@@ -10,9 +10,12 @@ first, then deleted — so a run killed at any moment leaves the newest complete
 highest step. A failed write (disk full, read-only folder) removes its temporary folder and
 raises a one-line error; the previous checkpoint is untouched.
 
-An output folder that holds anything but the keyed data cache (`data/`) is a previous run: a
-stage refuses to start there unless `--resume` (continue it) or `--overwrite` (replace this
-stage's outputs; other files are left alone).
+An output folder that holds anything but the keyed data cache (`data/`) is in the way: a stage
+refuses to start there unless `--resume` (continue the run whose checkpoint is there) or
+`--overwrite` (replace this stage's own outputs; other files are left alone). `--overwrite`
+follows files.py's rule: it replaces an output name only when what is there is of the kind the
+stage writes — a regular file, or a checkpoints/ folder holding only checkpoint folders — and
+refuses (before changing anything) a symbolic link, a device or a foreign folder in its place.
 """
 
 from __future__ import annotations
@@ -26,13 +29,25 @@ import numpy as np
 import torch
 
 from ..errors import OrthrusError
+from ..files import WriteFailed, check_replaceable, check_writable_folder, io_reason, kind_of, listing, own_layout, remove_output
 from ..model import Qwen3ForCausalLM, save_model
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "training_state.pt"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "generation_config.json")
-RUN_OUTPUTS = (CHECKPOINTS, "log.jsonl", "run.json", "config.json", "model.safetensors") + TOKENIZER_FILES
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def _checkpoint_entry(name: str) -> bool:
+    return name.startswith(("step-", ".tmp-", ".trash-"))
+
+
+# What each stage writes in its --out, by name: None for a regular file, or a check of a folder's layout.
+RUN_OUTPUTS = {CHECKPOINTS: own_layout(_checkpoint_entry), "log.jsonl": None, "run.json": None,
+               **dict.fromkeys(MODEL_FILES + TOKENIZER_FILES)}  # pretrain, distill
+MODEL_OUTPUTS = dict.fromkeys(MODEL_FILES + TOKENIZER_FILES)  # export
+TOKENIZER_OUTPUTS = dict.fromkeys(("tokenizer.json", "tokenizer_config.json"))  # the tokenizer stage
 
 
 def step_name(step: int) -> str:
@@ -76,8 +91,23 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def write_state(path: Path, state: dict) -> None:
-    """Writes the training state (optimizer, data position, random states, identity) with torch.save."""
-    torch.save(state, path)
+    """Writes the training state (optimizer, data position, random states, identity) with torch.save, through a file
+    of ours so that a failed write (a full disk) surfaces as the OSError it is."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def non_finite(named_tensors) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite_weights(model, what: str) -> None:
+    """Refuses (one line) to save weights that are not all finite: a diverged run is never saved as if it were fine."""
+    bad = non_finite(model.named_parameters())
+    if bad:
+        raise OrthrusError(f"{what}: {listing(bad, 2)} hold NaN or infinite values; not saved (training diverged: "
+                           "lower --lr)")
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -105,6 +135,7 @@ def save_checkpoint(out: Path, step: int, model: Qwen3ForCausalLM, state: dict, 
     final = root / step_name(step)
     if (final / STATE_FILE).exists():
         return final  # this step is saved already (a resumed run that had nothing left to do)
+    check_finite_weights(model, f"the weights of step {step}")
     tmp = root / f".tmp-{step_name(step)}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -120,8 +151,7 @@ def save_checkpoint(out: Path, step: int, model: Qwen3ForCausalLM, state: dict, 
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(out)
         kept = f"the previous checkpoint ({previous.name}) is intact" if previous else "no earlier checkpoint exists"
-        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise OrthrusError(f"cannot write the checkpoint of step {step} in {root} ({reason}); {kept}") from None
+        raise WriteFailed(f"cannot write the checkpoint of step {step} in {root} ({io_reason(e)}); {kept}") from None
     for old_step, folder in checkpoints(out):
         if old_step < step:
             try:
@@ -182,53 +212,57 @@ def set_rng_state(state: dict) -> None:
 # --------------------------------------------------------------------------- the output folder
 
 
-def check_out_folder(out: Path, resume: bool, overwrite: bool, can_resume: bool = True) -> Path | None:
+def check_out_folder(out: Path, resume: bool, overwrite: bool, outputs: dict = RUN_OUTPUTS,
+                     can_resume: bool = True) -> Path | None:
     """Applies the --out rules before any work; returns the checkpoint to resume from (or None).
 
-    Raises a one-line error for: --resume with --overwrite; --out that is a file; --resume without
-    a checkpoint; a previous run's outputs without --resume or --overwrite.
+    `outputs`: what this stage writes there (RUN_OUTPUTS, MODEL_OUTPUTS, TOKENIZER_OUTPUTS). Raises a one-line error
+    for: --resume with --overwrite; --out that is not a folder; --resume without a checkpoint; a non-empty folder
+    without --resume or --overwrite; --overwrite where one of `outputs` is not the stage's own kind of entry.
     """
     if resume and overwrite:
         raise OrthrusError("--resume and --overwrite contradict each other: pick one")
-    if out.exists() and not out.is_dir():
-        raise OrthrusError(f"--out {out}: is a file; give a folder")
+    kind = kind_of(out)
+    if kind not in (None, "a folder") and not out.is_dir():
+        raise OrthrusError(f"--out {out}: is {'a file' if kind == 'a regular file' else kind}; give a folder")
     previous = sorted(p.name for p in out.iterdir() if p.name != "data") if out.is_dir() else []
+    found = latest_checkpoint(out)
     if resume:
-        found = latest_checkpoint(out)
         if found is None:
             if (out / "checkpoint" / STATE_FILE).exists():
                 raise OrthrusError(f"--resume: {out}/checkpoint was written by an earlier version of orthrus_min, whose "
                                    "checkpoints lack the data position; start a new --out")
-            raise OrthrusError(f"--resume: no checkpoint in {out}/{CHECKPOINTS} to continue from; drop --resume to start")
+            start = "drop --resume and pass --overwrite to start again" if previous else "drop --resume to start"
+            raise OrthrusError(f"--resume: no checkpoint in {out}/{CHECKPOINTS} to continue from (a run stopped before its "
+                               f"first save leaves none); {start}")
         return found
     if previous and not overwrite:
-        shown = ", ".join(previous[:4]) + (", …" if len(previous) > 4 else "")
-        fix = "pass --resume to continue the run there, or --overwrite to replace it" if can_resume else \
-            "pass --overwrite to replace what this stage writes there"
-        raise OrthrusError(f"--out {out} is not empty ({shown}): {fix}")
+        replace = "pass --overwrite to replace this stage's outputs there (other files stay), or give a new folder"
+        if can_resume and found is not None:
+            fix = "pass --resume to continue the run there, or --overwrite to replace it"
+        elif can_resume:
+            fix = f"it holds no checkpoint to resume from: {replace}"
+        else:
+            fix = replace
+        raise OrthrusError(f"--out {out} is not empty ({listing(previous)}): {fix}")
+    if overwrite:
+        check_replaceable(out, "--out", outputs)
     return None
 
 
-def clear_run_outputs(out: Path) -> None:
-    """--overwrite: removes this stage's outputs from `out` (checkpoints, log, model, tokenizer files); keeps data/."""
-    for name in RUN_OUTPUTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+def clear_run_outputs(out: Path, outputs: dict = RUN_OUTPUTS) -> None:
+    """--overwrite: removes this stage's outputs from `out` (checked by `check_out_folder` first); keeps data/ and every
+    other entry."""
+    check_replaceable(out, "--out", outputs)
+    for name in outputs:
+        remove_output(out / name)
 
 
 def check_writable(out: Path) -> None:
     """Creates `out` and proves a file can be written there; a one-line error if not."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OrthrusError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__})") from None
+    check_writable_folder(out, "--out")
 
 
 __all__ = ["save_checkpoint", "latest_checkpoint", "checkpoints", "load_state", "load_tensors", "rng_state", "set_rng_state",
-           "check_out_folder", "clear_run_outputs", "check_writable", "copy_tokenizer", "TOKENIZER_FILES", "CHECKPOINTS"]
+           "check_out_folder", "clear_run_outputs", "check_writable", "copy_tokenizer", "check_finite_weights", "non_finite",
+           "TOKENIZER_FILES", "CHECKPOINTS", "RUN_OUTPUTS", "MODEL_OUTPUTS", "TOKENIZER_OUTPUTS"]

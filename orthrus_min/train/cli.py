@@ -5,8 +5,10 @@
 
 Every flag's help states its default once, as "(default: …)". Every user mistake — a bad flag
 value, a bad data row, an output folder in the way, a resume that does not match its
-checkpoint, a save that fails — prints one line `error: …` on stderr and exits with status 2,
-without a traceback. Under torchrun only rank 0 prints it; every process exits 2.
+checkpoint — and every fault of the environment or the run — a save that fails on a full disk or
+a read-only folder, a loss that is no longer finite — prints one line `error: …` on stderr and
+exits with status 2, without a traceback. Under torchrun only rank 0 prints it; every process
+exits 2. `--overwrite` replaces only what the stage itself writes (files.py's rule).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def warmup(text: str) -> int | str:
         number(text[:-1], float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
         return text
     return nonnegative_int(text)
+
+
+def vocab_size(text: str) -> int:
+    """A tokenizer size: at least the byte alphabet and the special tokens, at most bpe.MAX_VOCAB_SIZE."""
+    from .bpe import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+
+    return number(text, int, lambda v: MIN_VOCAB_SIZE <= v <= MAX_VOCAB_SIZE,
+                  f"an integer from {MIN_VOCAB_SIZE} (256 bytes + {MIN_VOCAB_SIZE - 256} special tokens) to {MAX_VOCAB_SIZE:,}")
 
 
 def weight_list(text: str) -> list[float]:
@@ -121,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = "stage 1: train a byte-level BPE tokenizer on the corpus"
     tok = sub.add_parser("tokenizer", help=help_, description=help_)
     data_args(tok, with_mix=False)
-    tok.add_argument("--vocab-size", type=positive_int, default=4096, help="tokens in the vocabulary (default: 4096)")
+    tok.add_argument("--vocab-size", type=vocab_size, default=4096,
+                     help="tokens in the vocabulary, 260 … 1,048,576; a small corpus may give fewer (default: 4096)")
     tok.add_argument("--out", type=Path, required=True, help="folder for tokenizer.json and tokenizer_config.json")
-    tok.add_argument("--overwrite", action="store_true", help="replace the files in a non-empty --out")
+    tok.add_argument("--overwrite", action="store_true", help="replace tokenizer.json and tokenizer_config.json in a "
+                                                             "non-empty --out (other files stay)")
 
     help_ = "stage 2: pretrain a small Qwen3 base from scratch (next-token cross-entropy)"
     pre = sub.add_parser("pretrain", help=help_, description=help_)
@@ -188,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--no-thinking", action="store_true",
                      help="render chats with enable_thinking=False (Qwen3: no reasoning; the published recipe)")
     reg.add_argument("--resume", action="store_true", help="keep the responses already in --out and add the missing ones")
-    reg.add_argument("--overwrite", action="store_true", help="discard an existing --out and start again")
+    reg.add_argument("--overwrite", action="store_true", help="discard an existing --out (a regular file) and start again")
     reg.add_argument("--device", default="auto", help="cpu, cuda, or auto; under torchrun each process takes "
                                                       "cuda:LOCAL_RANK (default: auto)")
     reg.add_argument("--dtype", default="auto", help="float32, bfloat16, or auto: bfloat16 on CUDA, float32 on CPU "
@@ -213,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--count", type=positive_int, default=16, help="prompts to write (default: 16)")
     pr.add_argument("--lines", type=positive_int, default=12, help="lines of code per prompt (default: 12)")
     pr.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out (a regular file)")
     return p
 
 

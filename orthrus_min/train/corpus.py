@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OrthrusError
+from ..files import WriteFailed, io_reason
 from .chat import chat_tokens
 from .sources import Document, Source, iter_documents
 
@@ -215,19 +216,19 @@ def tokenize_source(source: Source, tokenizer, heldout_percent: float, enable_th
     cached = read_cache(folder)
     if cached is None and build:
         log(f"tokenizing {source.spec} ({len(source.files)} file{'s' if len(source.files) != 1 else ''}) -> {folder}")
-        cache_root.mkdir(parents=True, exist_ok=True)
-        if folder.exists():  # unreadable: a damaged cache, rebuilt from scratch
-            shutil.rmtree(folder, ignore_errors=True)
         tmp = cache_root / f".tmp-{folder.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+            if folder.exists():  # unreadable: a damaged cache, rebuilt from scratch
+                shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             counts = build_source(source, tokenizer, heldout_percent, enable_thinking, tmp)
             meta = {"format": CACHE_FORMAT, "key": key, "source": source.spec, "mask": source.kind == "jsonl", **counts}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
             os.rename(tmp, folder)
         except OSError as e:
-            raise OrthrusError(f"cannot write the token cache {folder} ({e.strerror or type(e).__name__})") from None
+            raise WriteFailed(f"cannot write the token cache {folder} ({io_reason(e)})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         cached = read_cache(folder)

@@ -9,13 +9,13 @@ share the rest in their mix, or in proportion to their size).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OrthrusError
+from ..files import write_atomically
 from .corpus import DocArrays, TokenizedSource, remove_stale_builds, source_key, tokenize_source, tokenizer_fingerprint
 from .dist import Dist
 from .packing import Pool, pieces_of
@@ -37,9 +37,10 @@ class StageData:
 
 
 def describe_sources(specs: list[str], pattern: str, tokenizer, heldout_percent: float, enable_thinking: bool | None,
-                     mix: list[float] | None) -> StageData:
-    """Finds the sources and computes their cache keys (reads every file once; tokenizes nothing)."""
-    sources = resolve_sources(specs, pattern)
+                     mix: list[float] | None, warn=None) -> StageData:
+    """Finds the sources and computes their cache keys (reads every file once; tokenizes nothing). warn: told about
+    skipped binary files."""
+    sources = resolve_sources(specs, pattern, warn)
     if mix is not None and len(mix) != len(sources):
         raise OrthrusError(f"--mix has {len(mix)} weights for {len(sources)} --data sources; give one per source")
     tok_hash = tokenizer_fingerprint(tokenizer)
@@ -86,14 +87,8 @@ def self_distill_key(model_hash: str, data_keys: list[str], count: int, prompt_l
 def self_distill_docs(path: Path, make, dist: Dist) -> DocArrays:
     """The self-distillation sequences cached at `path` (.npy, (S, seq_len)); rank 0 makes them when missing."""
     if dist.is_main and not path.exists():
-        sequences = make()  # (S, seq_len) tensor
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        with open(tmp, "wb") as f:
-            np.save(f, sequences.numpy().astype(np.uint32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        sequences = make().numpy().astype(np.uint32)  # (S, seq_len)
+        write_atomically(path, lambda f: np.save(f, sequences), "--out")  # a full disk: one line, no half file
     dist.barrier()
     array = np.load(path, mmap_mode="r")
     S, T = array.shape

@@ -15,6 +15,10 @@ A job (pretrain.py, distill.py) supplies the model, its trainable parameters, ho
 into a micro-batch and a loss, and what to evaluate. The loop does the rest: learning-rate
 schedule, clipping, bf16 autocast, evaluation, logging (rank 0), checkpoints (rank 0, atomic),
 the time budget, and resuming with the model, optimizer, data position and random states restored.
+
+Divergence: a step whose loss or gradient norm is not finite (on any process) stops the run before
+its update, with a one-line error; nothing is saved from then on. Saves check the weights too
+(checkpoint.check_finite_weights), and a resume from non-finite weights is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +36,9 @@ import torch
 
 from ..errors import OrthrusError
 from ..model import save_model
-from .checkpoint import copy_tokenizer, load_state, load_tensors, rng_state, save_checkpoint, set_rng_state
+from ..files import WriteFailed, io_reason, listing
+from .checkpoint import (check_finite_weights, copy_tokenizer, latest_checkpoint, load_state, load_tensors, non_finite, rng_state, save_checkpoint,
+                         set_rng_state)
 from .dist import Dist
 from .packing import RowStream, split_for_rank
 from .progress import Progress, RunLog
@@ -76,19 +83,21 @@ class LoopConfig:
 
 def write_final_model(model, out: Path, tokenizer_dir: Path | None) -> None:
     """config.json, model.safetensors and the tokenizer files in `out`, each replaced atomically."""
-    tmp = out / ".final-tmp"
+    check_finite_weights(model, f"the trained model for {out}")
+    tmp = None
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final-"))
         save_model(model, tmp)
         if tokenizer_dir is not None:
             copy_tokenizer(tokenizer_dir, tmp)
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
     except Exception as e:
-        raise OrthrusError(f"cannot write the trained model to {out} ({getattr(e, 'strerror', None) or e}); the latest "
-                           "checkpoint under checkpoints/ holds the same weights") from None
+        raise WriteFailed(f"cannot write the trained model to {out} ({io_reason(e)}); the latest checkpoint under "
+                           "checkpoints/ holds the same weights") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Trainer:
@@ -111,6 +120,10 @@ class Trainer:
         state = load_state(folder)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         tensors = load_tensors(folder, names, self.dist.device)
+        bad = non_finite(tensors.items())
+        if bad:
+            raise OrthrusError(f"--resume: {folder} holds NaN or infinite weights ({listing(bad, 2)}): a diverged run "
+                               "cannot be continued; start again with --overwrite and a lower --lr")
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 if n in tensors:
@@ -121,6 +134,14 @@ class Trainer:
         rngs = state.get("rng", [])
         if self.dist.rank < len(rngs):
             set_rng_state(rngs[self.dist.rank])
+
+    def diverged(self, loss_sum: float, grad_norm: float) -> OrthrusError:
+        """The one-line error of a step whose loss or gradient is not finite (the weights are still the last step's)."""
+        previous = latest_checkpoint(self.cfg.out)
+        kept = f"the last checkpoint ({previous.name}) is kept" if previous else "no checkpoint was saved"
+        what = f"the loss is {loss_sum}" if not math.isfinite(loss_sum) else f"the gradient norm is {grad_norm}"
+        return OrthrusError(f"step {self.step + 1}: {what}: training diverged and stopped, saving nothing more ({kept}); "
+                            f"lower --lr (now {self.cfg.lr:g}) or raise --warmup")
 
     def state(self, rngs: list) -> dict:
         return {"format": 2, "stage": self.job.stage, "step": self.step, "tokens": self.tokens_seen,
@@ -137,10 +158,10 @@ class Trainer:
             try:
                 save_checkpoint(self.cfg.out, self.step, self.model, self.state(rngs), self.job.tokenizer_dir)
             except OrthrusError as e:
-                error = str(e)
+                error = (isinstance(e, WriteFailed), str(e))
         error = self.dist.broadcast_object(error)
         if error:
-            raise OrthrusError(error)
+            raise (WriteFailed if error[0] else OrthrusError)(error[1])
 
     # ----------------------------------------------------------------- the loop
 
@@ -172,6 +193,8 @@ class Trainer:
                 (loss * (dist.world / total_weight)).backward()
                 loss_sum += loss.detach().double()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.job.params, cfg.clip))
+            if dist.any(not (math.isfinite(float(loss_sum)) and math.isfinite(grad_norm))):  # before the update: no NaN weights
+                raise self.diverged(float(loss_sum), grad_norm)
             self.optimizer.step()
         else:
             grad_norm = 0.0

@@ -3,16 +3,20 @@
 Only rank 0 reports. On a terminal, tqdm redraws at most once a second. When stderr is not a
 terminal (a batch job's log), no bar is drawn at all: one plain line — step, loss, tokens/s,
 elapsed time and ETA — every `--log-interval` seconds, so a day-long run writes a readable log
-instead of megabytes of carriage returns.
+instead of megabytes of carriage returns. Intervals are measured from the Progress's own start (the
+first update always writes a line), never from the clock's origin: `time.perf_counter()` may be
+near 0 on a freshly booted machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from ..errors import OrthrusError
+from ..files import WriteFailed, io_reason, write_text_atomically
 
 
 def duration(seconds: float) -> str:
@@ -29,7 +33,8 @@ class Progress:
     def __init__(self, total: int, initial: int, desc: str, enabled: bool = True, interval: float = 30.0, stream=None):
         self.total, self.step, self.desc, self.enabled, self.interval = total, initial, desc, enabled, interval
         self.stream = stream or sys.stderr
-        self.start_step, self.t0, self.last_line = initial, time.perf_counter(), 0.0
+        self.start_step, self.t0 = initial, time.perf_counter()
+        self.last_line: float | None = None  # when the last plain line was written; None: not yet
         self.bar = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm
@@ -54,7 +59,7 @@ class Progress:
                 self.bar.set_postfix_str(", ".join(fields), refresh=False)
             return
         now = time.perf_counter()
-        if now - self.last_line >= self.interval or step == self.total:
+        if self.last_line is None or now - self.last_line >= self.interval or step == self.total:
             self.last_line = now
             eta = self.eta()
             self.write(" | ".join([f"{self.desc} {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)", *fields,
@@ -79,32 +84,40 @@ class RunLog:
     (written by the interrupted run after its last save) are dropped first, so every step appears once."""
 
     def __init__(self, path: Path, enabled: bool = True, resume_step: int | None = None):
-        self.enabled = enabled
+        self.enabled, self.path = enabled, path
         self.file = None
         if not enabled:
             return
-        if resume_step is not None and path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the interrupted run's last, half-written line
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
-        self.file = open(path, "a")
+        try:
+            if resume_step is not None and path.exists():
+                kept = []
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the interrupted run's last, half-written line
+                    if not isinstance(record, dict) or record.get("step", 0) <= resume_step:
+                        kept.append(line)
+                write_text_atomically(path, "".join(line + "\n" for line in kept))
+            self.file = open(path, "a")
+        except OSError as e:
+            raise WriteFailed(f"{path}: cannot write the run's log ({io_reason(e)})") from None
 
     def write(self, record: dict) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk
+                raise WriteFailed(f"{self.path}: cannot write the run's log ({io_reason(e)}); the last checkpoint is "
+                                   "intact: free space and continue with --resume") from None
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # already reported by write()
 
 
 __all__ = ["Progress", "RunLog", "duration"]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import OrthrusError
+from ..files import WriteFailed, check_writable_file, io_reason, kind_of, remove_output, write_text_atomically
 from ..model import Qwen3ForCausalLM
 from .chat import generation_prompt
 from .sources import check_messages, read_jsonl
@@ -84,7 +85,7 @@ def read_requests(paths: list[Path], tokenizer, enable_thinking: bool | None) ->
             raise OrthrusError(f"--data {path}: regenerate reads .jsonl files of {{\"messages\": …}} or {{\"prompt\": …}} rows")
         for number, row in read_jsonl(path):
             where = f"{path}:{number}"
-            rid = str(row["id"]) if "id" in row else f"{path.name}:{number}"
+            rid = row_id(row, where) if "id" in row else f"{path.name}:{number}"
             if rid in seen:
                 raise OrthrusError(f"{where}: duplicate id {rid!r} (first at {seen[rid]})")
             seen[rid] = where
@@ -104,21 +105,41 @@ def read_requests(paths: list[Path], tokenizer, enable_thinking: bool | None) ->
     return requests
 
 
+def row_id(row: dict, where: str) -> str:
+    """A row's "id" as text: a string, or a number written as JSON writes it; anything else is an error."""
+    rid = row["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
+        raise OrthrusError(f"{where}: \"id\" must be a string or a number, got {json.dumps(rid)[:40]}")
+    return rid if isinstance(rid, str) else json.dumps(rid)
+
+
 def part_files(out: Path) -> list[Path]:
     """The per-process part files of an output file (from this run or an interrupted one)."""
     return sorted(out.parent.glob(f"{out.name}.part-*")) if out.parent.is_dir() else []
 
 
 def read_records(path: Path) -> list[dict]:
-    """The complete records of an output or part file; a half-written last line (a killed run) is ignored."""
+    """The records of an output or part file. Only a half-written last line (no newline: a killed run's) is ignored;
+    any other line that is not a record is an error naming it — a resume never drops a line silently."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OrthrusError(f"{path}: cannot read ({io_reason(e)})") from None
+    lines = data.split(b"\n")
+    if lines and not data.endswith(b"\n"):
+        lines.pop()  # the last line is unfinished (or empty)
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
-        if isinstance(record, dict) and "id" in record:
-            records.append(record)
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)):
+            raise OrthrusError(f"{path}:{number}: not a record written by regenerate (a JSON object with a string \"id\"); "
+                               "fix or delete the line, or start again with --overwrite")
+        records.append(record)
     return records
 
 
@@ -145,12 +166,18 @@ def response_record(request: Request, tokenizer, tokens: list[int], finish_reaso
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """The --out rules for a file: an existing output (or parts of one) needs --resume or --overwrite."""
+    """The --out rules for a file: an existing output (or parts of one) needs --resume or --overwrite, and may only be
+    a regular file (files.py's rule: never a folder, a device or a symbolic link)."""
     if resume and overwrite:
         raise OrthrusError("--resume and --overwrite contradict each other: pick one")
     if out.is_dir():
         raise OrthrusError(f"--out {out}: is a folder; give a .jsonl file name")
-    exists = out.exists() or part_files(out)
+    for path in [out] + part_files(out):
+        kind = kind_of(path)
+        if kind not in (None, "a regular file"):
+            raise OrthrusError(f"--out {out}: {path} is {kind}, not a file regenerate wrote; it is neither read nor "
+                               "replaced: give another --out")
+    exists = os.path.lexists(out) or part_files(out)
     if exists and not (resume or overwrite):
         raise OrthrusError(f"--out {out} exists: pass --resume to add the missing responses, or --overwrite to start again")
     if resume and not exists:
@@ -165,11 +192,9 @@ def merge(out: Path, requests: list[Request]) -> int:
         for record in read_records(path):
             records[record["id"]] = record
     ranked = sorted(records.values(), key=lambda r: (order.get(r["id"], len(order)), str(r["id"])))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomically(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ranked), "--out")
     for path in part_files(out):
-        path.unlink()
+        remove_output(path)
     return len(ranked)
 
 
@@ -185,10 +210,10 @@ def regenerate(args, dist) -> None:
     check_output(out, args.resume, args.overwrite)
     dist.barrier()  # every process has checked before any writes
     if dist.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        check_writable_file(out, "--out")
         if args.overwrite:
-            for path in ([out] if out.exists() else []) + part_files(out):
-                path.unlink()
+            for path in [out] + part_files(out):
+                remove_output(path)
     if dist.is_main:
         folder = resolve_checkpoint(args.model)
     dist.barrier()
@@ -209,16 +234,22 @@ def regenerate(args, dist) -> None:
     if dist.is_main:
         bar.write(f"{len(requests)} prompts, {len(done)} answered already, {len(pending)} to go"
                   + (f" on {dist.world} processes" if dist.active else ""))
-    with open_part(Path(f"{out}.part-{dist.rank}")) as part:
-        for i in range(0, len(mine), args.batch_size):
-            batch = mine[i : i + args.batch_size]
-            budgets = [min(args.max_new_tokens, context - len(r.prompt_ids)) for r in batch]
-            generations = generate_ar(model, [r.prompt_ids for r in batch], budgets, eos_token_id=eos)  # greedy
-            for request, g in zip(batch, generations):
-                part.write(json.dumps(response_record(request, tokenizer, g.tokens, g.finish_reason), ensure_ascii=False) + "\n")
-            part.flush()
-            os.fsync(part.fileno())
-            bar.update(i + len(batch))
+    part_path = Path(f"{out}.part-{dist.rank}")
+    try:
+        with open_part(part_path) as part:
+            for i in range(0, len(mine), args.batch_size):
+                batch = mine[i : i + args.batch_size]
+                budgets = [min(args.max_new_tokens, context - len(r.prompt_ids)) for r in batch]
+                generations = generate_ar(model, [r.prompt_ids for r in batch], budgets, eos_token_id=eos)  # greedy
+                for request, g in zip(batch, generations):
+                    record = response_record(request, tokenizer, g.tokens, g.finish_reason)
+                    part.write(json.dumps(record, ensure_ascii=False) + "\n")
+                part.flush()
+                os.fsync(part.fileno())
+                bar.update(i + len(batch))
+    except OSError as e:  # a full disk: what was flushed before stays, and --resume continues from it
+        raise WriteFailed(f"--out {out}: cannot write {part_path.name} ({io_reason(e)}); the responses written so far are "
+                           "kept: free space and rerun with --resume") from None
     bar.close()
     (too_long,) = dist.sum(len(skipped))
     dist.barrier()

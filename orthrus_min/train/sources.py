@@ -7,7 +7,10 @@ A `--data` entry (a *source*) is one of
     "content": …}, …]}` (a chat, rendered later with the tokenizer's chat template); other keys
     (an "id", metadata) are ignored;
   * any other file: one text document.
-Each file of a text source is a document; each line of a JSONL file is one. Documents are split
+Each file of a text source is a document; each line of a JSONL file is one. Text is UTF-8: in a text
+file undecodable bytes are replaced (U+FFFD), a JSONL line that is not UTF-8 is an error naming the
+line. Binary files (a NUL byte in the first 8 KiB, as git and grep decide) are not text: a folder's
+are skipped with one warning line, a binary file named by `--data` is an error. Documents are split
 into train and held-out by a stable hash: of the file's folder and name (text files, as before),
 of the file name and line number (JSONL rows). Mistakes name the file and line.
 """
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import OrthrusError
+from ..files import kind_of
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -62,33 +69,57 @@ def stdlib_files(pattern: str = "*.py") -> list[Path]:
     return [f for f in sorted(root.rglob(pattern)) if not {"site-packages", "test", "tests"} & set(f.relative_to(root).parts)]
 
 
-def resolve_sources(specs: list[str], pattern: str = "*.py") -> list[Source]:
-    """The sources named by `--data`, each with its files; a one-line error for a missing or empty one."""
+def is_binary(path: Path) -> bool:
+    """Whether a file looks binary: a NUL byte in its first 8 KiB (unreadable files are left to the reader's error)."""
+    try:
+        with open(path, "rb") as f:
+            return b"\0" in f.read(8192)
+    except OSError:
+        return False
+
+
+def resolve_sources(specs: list[str], pattern: str = "*.py", warn=None) -> list[Source]:
+    """The sources named by `--data`, each with its files; a one-line error for a missing or empty one.
+
+    warn(message): told about binary files skipped in folders (default: a line on stderr)."""
+    warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
     sources = []
     for spec in specs:
         path = Path(spec)
+        skipped = []
         if spec == "stdlib":
             files = stdlib_files(pattern)
             kind = "text"
         elif path.is_dir():
-            files = [f for f in sorted(path.rglob(pattern)) if f.is_file()]
+            found = [f for f in sorted(path.rglob(pattern)) if f.is_file()]
+            binary = [is_binary(f) for f in found]
+            skipped = [f for f, b in zip(found, binary) if b]
+            files = [f for f, b in zip(found, binary) if not b]
             kind = "text"
         elif path.is_file():
             files = [path]
             kind = "jsonl" if path.suffix == ".jsonl" else "text"
+            if kind == "text" and is_binary(path):
+                raise OrthrusError(f"--data {spec}: a binary file (a NUL byte in its first 8 KiB), not text")
+        elif os.path.lexists(path):
+            raise OrthrusError(f"--data {spec}: is {kind_of(path)}; give files or folders")
         else:
             raise OrthrusError(f"--data {spec}: no such file or folder")
+        if skipped:
+            warn(f"warning: --data {spec}: skipped {len(skipped)} binary file{'s' if len(skipped) != 1 else ''} (a NUL byte "
+                 f"in the first 8 KiB), e.g. {skipped[0]}")
         if not files:
-            raise OrthrusError(f"--data {spec}: no files matching {pattern!r} (set --pattern)")
+            extra = f" that are text ({len(skipped)} binary skipped)" if skipped else ""
+            raise OrthrusError(f"--data {spec}: no files matching {pattern!r}{extra} (set --pattern)")
         sources.append(Source(spec, kind, files))
     if not sources:
         raise OrthrusError("--data names no source")
     return sources
 
 
-def corpus_files(sources: list[str], pattern: str = "*.py") -> list[Path]:
+def corpus_files(sources: list[str], pattern: str = "*.py", warn=None) -> list[Path]:
     """Text files named by `sources`: files, folders (searched for `pattern`), or "stdlib" (this Python's standard library)."""
-    return [f for source in resolve_sources(sources, pattern) for f in source.files]
+    return [f for source in resolve_sources(sources, pattern, warn) for f in source.files]
 
 
 # --------------------------------------------------------------------------- the train / held-out split
@@ -138,20 +169,42 @@ def check_messages(messages, where: str) -> list[dict]:
     return messages
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; malformed JSON or a non-object names the line."""
+LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a D800-DFFF escape: a pair is fine, a lone one is not text
+
+
+def _is_unicode(value) -> bool:
+    """Whether every string in a parsed JSON value is valid Unicode (JSON's backslash-u escapes may spell lone
+    surrogates)."""
     try:
-        f = open(path, encoding="utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; malformed JSON, a line that is not UTF-8 or a non-object names
+    the line."""
+    try:
+        f = open(path, "rb")
     except OSError as e:
         raise OrthrusError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     with f:
-        for number, line in enumerate(f, start=1):
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise OrthrusError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise OrthrusError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if LONE_SURROGATE.search(line) and not _is_unicode(row):
+                raise OrthrusError(f"{path}:{number}: a \\u escape of a lone surrogate (such as \"\\udcff\") is not text; "
+                                   "write the character itself or a surrogate pair")
             if not isinstance(row, dict):
                 raise OrthrusError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             yield number, row
@@ -199,5 +252,5 @@ def random_windows(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.ra
     return torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len]) for s in starts]).astype(np.int64))
 
 
-__all__ = ["Source", "Document", "resolve_sources", "corpus_files", "is_heldout", "split_files", "read_text", "read_jsonl",
+__all__ = ["Source", "Document", "is_binary", "resolve_sources", "corpus_files", "is_heldout", "split_files", "read_text", "read_jsonl",
            "iter_documents", "check_messages", "tokenize_files", "random_windows", "stdlib_files"]

@@ -21,7 +21,8 @@ import torch
 
 from ..errors import OrthrusError
 from ..model import Qwen3Config, init_diffusion_view, load_model, resolve_checkpoint, resolve_dtype
-from .checkpoint import check_out_folder, check_writable, clear_run_outputs, load_state
+from .checkpoint import (MODEL_OUTPUTS, TOKENIZER_OUTPUTS, check_out_folder, check_writable, clear_run_outputs,
+                         load_state)
 from .corpus import end_of_text_id
 from .data import (describe_sources, load, model_fingerprint, self_distill_docs, self_distill_key, training_pools)
 from .dist import Dist
@@ -109,12 +110,20 @@ def check_global_batch(args, dist: Dist) -> int:
 
 
 def prepare_out(args, dist: Dist) -> None:
-    """Rank 0 applies --overwrite and checks that --out is writable; every process waits."""
+    """Rank 0 applies --overwrite (not on a dry run, which writes only the data cache) and checks that --out is
+    writable; every process waits."""
     if dist.is_main:
-        if args.overwrite and Path(args.out).is_dir():
+        if args.overwrite and args.dry_run is None and Path(args.out).is_dir():
             clear_run_outputs(Path(args.out))
         check_writable(Path(args.out))
     dist.barrier()
+
+
+def check_seq_len(seq_len: int, context: int, what: str) -> None:
+    """--seq-len must fit the model's context (its RoPE table and the rows' memory are sized by it)."""
+    if seq_len > context:
+        raise OrthrusError(f"--seq-len {seq_len:,} is longer than {what}'s context of {context:,} tokens "
+                           "(max_position_embeddings); give at most that")
 
 
 def resolve_model_folder(name: str, dist: Dist) -> Path:
@@ -173,14 +182,15 @@ def run_pretrain(args, dist: Dist, argv: list[str]) -> None:
     resume_from = check_out_folder(out, args.resume, args.overwrite)
     tokenizer = Tokenizer(args.tokenizer)
     enable_thinking = False if args.no_thinking else None
-    data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, enable_thinking, args.mix)
+    check_seq_len(args.seq_len, MODEL_PRESETS[args.preset]["max_position_embeddings"], f"the {args.preset} preset")
+    data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, enable_thinking, args.mix,
+                            lambda m: say(dist, m))
     identity = {"stage": "pretrain", "tokenizer": data.tokenizer_hash, "data": data.keys, "preset": args.preset,
                 "seq_len": args.seq_len, "seed": args.seed}
     if resume_from is not None:
         check_resume(resume_from, identity, settings_of(args), dist)
     global_batch = check_global_batch(args, dist)
-    if args.dry_run is None:
-        prepare_out(args, dist)
+    prepare_out(args, dist)
     load(data, tokenizer, args.heldout_percent, enable_thinking, out / "data", dist, lambda m: say(dist, m))
     pools = training_pools(data, args.seq_len, args.mix)
     stream = RowStream(pools, args.seq_len, args.seed)
@@ -243,8 +253,10 @@ def run_distill(args, dist: Dist, argv: list[str]) -> None:
                            " (a block of 1 token drafts nothing)")
     if args.seq_len < K:
         raise OrthrusError(f"--seq-len {args.seq_len} is shorter than the block size {K}")
+    check_seq_len(args.seq_len, config.max_position_embeddings, "the model")
     enable_thinking = False if args.no_thinking else None
-    data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, enable_thinking, args.mix)
+    data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, enable_thinking, args.mix,
+                            lambda m: say(dist, m))
     model_hash = model_fingerprint(folder)
     identity = {"stage": "distill", "model": model_hash, "data": data.keys, "block_size": K, "mask_token_id": mask_id,
                 "seq_len": args.seq_len, "seed": args.seed,
@@ -254,8 +266,7 @@ def run_distill(args, dist: Dist, argv: list[str]) -> None:
     base_dtype = resolve_dtype(args.dtype, dist.device)
     use_autocast = dist.device.type == "cuda" or base_dtype == torch.bfloat16
     global_batch = check_global_batch(args, dist)
-    if args.dry_run is None:
-        prepare_out(args, dist)
+    prepare_out(args, dist)
     load(data, tokenizer, args.heldout_percent, enable_thinking, out / "data", dist, lambda m: say(dist, m))
 
     if args.dry_run is not None:
@@ -330,18 +341,19 @@ def run_tokenizer(args) -> None:
     from .bpe import train_tokenizer
     from .sources import corpus_files, split_files
 
-    check_out_folder(args.out, False, args.overwrite, can_resume=False)
+    check_out_folder(args.out, False, args.overwrite, TOKENIZER_OUTPUTS, can_resume=False)
     train_files, _ = split_files(corpus_files(args.data, args.pattern), args.heldout_percent)
     check_writable(args.out)
-    train_tokenizer(train_files, args.vocab_size, args.out)
-    print(f"tokenizer with {args.vocab_size} tokens trained on {len(train_files)} files -> {args.out}", file=sys.stderr)
+    size = train_tokenizer(train_files, args.vocab_size, args.out)
+    fewer = f" (--vocab-size {args.vocab_size}: the corpus has no more merges)" if size < args.vocab_size else ""
+    print(f"tokenizer with {size} tokens{fewer} trained on {len(train_files)} files -> {args.out}", file=sys.stderr)
 
 
 def run_export(args) -> None:
     """A shipping copy of a checkpoint: weights in --dtype, config, tokenizer files."""
     from ..model import num_parameters
 
-    check_out_folder(args.out, False, args.overwrite, can_resume=False)
+    check_out_folder(args.out, False, args.overwrite, MODEL_OUTPUTS, can_resume=False)
     folder = resolve_checkpoint(args.model)
     model = load_model(folder, dtype=args.dtype, device="cpu")
     check_writable(args.out)
@@ -351,23 +363,19 @@ def run_export(args) -> None:
 
 
 def run_prompts(args) -> None:
-    """Held-out prompts (JSONL) for evaluation and benchmarks."""
+    """Held-out prompts (JSONL) for evaluation and benchmarks; --out replaced atomically, only if it is a regular file."""
     import json
 
+    from ..files import check_writable_file, is_regular_file, write_text_atomically
     from .prompts import make_prompts
     from .sources import corpus_files, split_files
 
-    if args.out.is_dir():
-        raise OrthrusError(f"--out {args.out}: is a folder; give a .jsonl file name")
-    if args.out.exists() and not args.overwrite:
+    if is_regular_file(args.out) and not args.overwrite:
         raise OrthrusError(f"--out {args.out} exists: pass --overwrite to replace it")
+    check_writable_file(args.out, "--out")
     _, heldout_files = split_files(corpus_files(args.data, args.pattern), args.heldout_percent)
     records = make_prompts(heldout_files, args.count, args.lines)
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    except OSError as e:
-        raise OrthrusError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    write_text_atomically(args.out, "".join(json.dumps(r) + "\n" for r in records), "--out")
     print(f"wrote {len(records)} held-out prompts from {len(heldout_files)} files to {args.out}", file=sys.stderr)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OrthrusError, check_bool, check_int, check_text, is_int
-from .request import MODES, flat_token_ids, is_array, per_prompt, prompt_rows
+from .request import MODES, check_messages, flat_token_ids, is_array, per_prompt, prompt_rows
 from .sampling import SamplingParams, check_seed
 
 BACKENDS = ("torch", "mlx")
@@ -70,7 +70,7 @@ def generation_defaults(folder: Path) -> dict:
     path = folder / "generation_config.json"
     if not path.exists():
         return {}
-    from .tokenizer import read_json_object
+    from .reading import read_json_object
 
     config = read_json_object(path)
     out = {}
@@ -298,16 +298,6 @@ class LLM:
              **kwargs) -> Completion:
         """Answers a conversation ([{"role": "user", "content": …}, …]) with the checkpoint's chat template."""
         return self.generate(self.chat_prompt(messages, enable_thinking), max_new_tokens, **kwargs)
-
-
-def check_messages(messages) -> None:
-    """One-line errors for a conversation that is not a list of {"role": str, "content": str} dicts."""
-    if not isinstance(messages, list) or not messages:
-        raise TypeError(f"messages must be a non-empty list of {{'role': …, 'content': …}} dicts, got {type(messages).__name__}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise TypeError(f"messages[{i}] must be a dict with a str 'role' and a str 'content', got {m!r}"[:200])
-        check_text(m["content"], f"messages[{i}]['content']")
 
 
 SMALL_MODEL = 50_000_000  # parameters: below this a CPU forward is mostly per-operator overhead, which threads do not shorten

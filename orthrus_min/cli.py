@@ -76,6 +76,11 @@ def nonnegative_float(text: str) -> float:
     return number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
+def block_size_arg(text: str) -> int | str:
+    """--block-size: 'auto' or an integer; its range (and any other word) is checked against the checkpoint later."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def int_list(minimum: int):
     """A type: '4,8,16' -> [4, 8, 16], each >= minimum, at least one."""
 
@@ -222,4 +227,4 @@ def write_stdout(text: str, flush: bool = False) -> None:
 
 
 __all__ = ["Parser", "number", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "int_list", "one_line",
-           "run_main", "require_stdout", "write_stdout", "EXIT_USAGE"]
+           "block_size_arg", "run_main", "require_stdout", "write_stdout", "EXIT_USAGE"]

@@ -27,14 +27,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .cli import Parser, positive_int, require_stdout, run_main, write_stdout
+from .cli import Parser, block_size_arg, positive_int, require_stdout, run_main, write_stdout
 from .errors import OrthrusError, check_text
 from .request import MODES
-
-
-def block_size_arg(text: str) -> int | str:
-    """--block-size: an integer, or 'auto'."""
-    return text if text == "auto" else int(text) if text.lstrip("-").isdigit() else text
 
 
 def build_parser() -> Parser:
@@ -159,8 +154,9 @@ def prompt_text(args) -> str:
 def request_ids(llm, text: str, chat: bool, system: str | None, enable_thinking: bool | None) -> list[int]:
     """Token ids of one request: raw text, or a user turn rendered with the checkpoint's chat template."""
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        text = llm.chat_prompt(messages, enable_thinking)
+        from .prompts import chat_messages
+
+        text = llm.chat_prompt(chat_messages(text, system), enable_thinking)
     return llm.encode(text)
 
 

@@ -295,11 +295,13 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows >= MIN_ROWS or x.dtype != torch.float32 or not batch_invariant_now(self.batch_invariant, x.dtype):
+        if x.dtype != torch.float32 or not batch_invariant_now(self.batch_invariant, x.dtype):
             return F.linear(x, self.weight)
-        padded = F.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, MIN_ROWS - rows))  # (MIN_ROWS, in)
-        return F.linear(padded, self.weight)[:rows].view(*x.shape[:-1], self.out_features)
+        rows = x.numel() // x.shape[-1]
+        flat = x.reshape(rows, x.shape[-1])  # one matrix of all the rows: a strided (B, T, in) input would be B products of T rows
+        if rows < MIN_ROWS:
+            flat = F.pad(flat, (0, 0, 0, MIN_ROWS - rows))  # (MIN_ROWS, in)
+        return F.linear(flat, self.weight)[:rows].view(*x.shape[:-1], self.out_features)
 
 
 def additive_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@
     list of prompts (or a 2-D tensor). Bytes are refused — decode them first; no encoding is
     guessed — and so is any deeper nesting, which would otherwise be read as something else;
   * a per-prompt setting (max_new_tokens, seeds) is one value for all, or a list of one per prompt;
-  * integers are Python ints or any `numbers.Integral` (numpy's), never bools, floats or tensors.
+  * integers are Python ints or any `numbers.Integral` (numpy's), never bools, floats or tensors;
+  * a conversation (`LLM.chat`) is a non-empty list of {"role", "content"} dicts — the same check
+    reads the chat rows of training data (`check_messages`).
 A wrong type is a TypeError, a wrong value an OrthrusError; each names the argument (and the prompt).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import OrthrusError, is_int
+from .errors import OrthrusError, check_text, is_int
 
 MODES = ("orthrus", "ar")  # decoding modes: draft and verify, or one token per forward
 BYTES = "is bytes: decode it to a str first (prompt.decode('utf-8')); bytes are not token ids"
@@ -106,4 +108,34 @@ def per_prompt(value, name: str, n: int, check: Callable[[object, str], object])
     return [check(value, name)] * n
 
 
-__all__ = ["prompt_rows", "flat_token_ids", "per_prompt", "is_array", "is_prompt_like"]
+ROLES = ("system", "user", "assistant", "tool")  # the turns a chat template renders
+
+
+def check_messages(messages, where: str | None = None) -> list[dict]:
+    """A conversation, checked and returned: a non-empty list of {"role": str, "content": str} dicts, the content
+    valid Unicode.
+
+    where=None: `LLM.chat`'s argument; each turn needs its "content", and a wrong type is a TypeError.
+    where="FILE:LINE": a chat row of training data; every mistake is an OrthrusError that starts with `where`, a turn
+    may go without content (a turn of tool calls: absent or null), and its role must be one of ROLES (a template
+    skips a role it does not know, which would leave the turn out of training unseen).
+    """
+    in_file = where is not None
+    at, wrong = (f"{where}: ", OrthrusError) if in_file else ("", TypeError)
+    if not isinstance(messages, list) or not messages:
+        got = "an empty list" if isinstance(messages, list) else type(messages).__name__
+        raise wrong(f'{at}"messages" must be a non-empty list of {{"role": …, "content": …}} dicts, got {got}')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or ("content" not in m and not in_file):
+            raise wrong(f"{at}messages[{i}] must be a dict with a str 'role' and a str 'content', got {m!r}"[:200])
+        content = m.get("content")
+        if not isinstance(content, str) and not (in_file and content is None):
+            raise wrong(f"{at}messages[{i}].content must be a string, got {type(content).__name__}")
+        if in_file and m["role"] not in ROLES:
+            raise OrthrusError(f"{at}messages[{i}] has role {m['role']!r}; expected one of {', '.join(ROLES)}")
+        if content is not None:
+            check_text(content, f"{at}messages[{i}]['content']")
+    return messages
+
+
+__all__ = ["prompt_rows", "flat_token_ids", "per_prompt", "is_array", "is_prompt_like", "check_messages", "ROLES"]

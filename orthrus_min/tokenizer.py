@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .errors import OrthrusError
+from .reading import read_json_object
 
 
 def _tojson(value, indent=None, ensure_ascii=False, separators=None, sort_keys=False):
@@ -38,19 +39,6 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
         return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kwargs)
     except TemplateError as e:
         raise OrthrusError(f"chat template failed to render: {e}") from None
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON file that must hold an object, with one-line errors for anything else."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OrthrusError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise OrthrusError(f"{path}: cannot read it ({e.strerror})") from None
-    if not isinstance(value, dict):
-        raise OrthrusError(f"{path}: expected a JSON object, got a {type(value).__name__}")
-    return value
 
 
 class Tokenizer:

@@ -21,7 +21,7 @@ from conftest import TEXT, save_checkpoint
 from orthrus_min import files
 from orthrus_min.bench import common
 from orthrus_min.bench.cli import build_parser, main
-from orthrus_min.bench.prompts import long_prompt
+from orthrus_min.bench.decode import long_prompt
 from orthrus_min.prompts import Prompt, read_prompt_file
 from orthrus_min.model import init_diffusion_view, load_model, save_model
 from orthrus_min.tokenizer import Tokenizer
@@ -81,7 +81,7 @@ def test_all_smoke(orthrus_checkpoint, prompts_file, tmp_path, capsys):
     assert r["command"] == "all" and r["schema_version"] == 1 and r["machine"] and r["machine_info"]["torch"]
     assert r["machine_info"]["transformers"] and "transformers not installed" not in r["machine"]
     s = r["settings"]
-    assert s["num_prompts"] == 2 and s["new_tokens"] == 8 and s["repeats"] == 1 and s["block_size"] == 8
+    assert s["num_prompts"] == 2 and s["new_tokens"] == 8 and s["repeats"] == 1 and s["block_size"] == "auto" and s["block_room"] == 8
     assert s["device"] == "cpu" and "monotone" in s["memory_kind"] and s["params_diffusion"] > 0
     assert s["compile"] is False and s["compile_mode"] is None and s["compile_transformers"] is False
     assert [x["id"] for x in s["skipped_prompts"]] == ["too-long"]
@@ -294,7 +294,7 @@ ERRORS = [  # (argv with {TMP} / {AR_ONLY} placeholders, a piece of the error me
     ("forward --device cpu --copy-mib 100000000", "--copy-mib 100000000 needs 200,000,000 MiB (a source and a destination "
                                                   "buffer), but cpu has"),
     # prompt files
-    ("orthrus --prompts {TMP}/bad.jsonl", "{TMP}/bad.jsonl:2: not a JSON object"),
+    ("orthrus --prompts {TMP}/bad.jsonl", "{TMP}/bad.jsonl:2: not valid JSON"),
     ("orthrus --prompts {TMP}/no_prompt.jsonl", '{TMP}/no_prompt.jsonl:3: expected an object with a non-empty string "prompt"'),
     ("orthrus --prompts {TMP}/bad_chat.jsonl", '{TMP}/bad_chat.jsonl:1: "chat" must be true or false, got "yes"'),
     ("orthrus --prompts {TMP}/empty.jsonl", "{TMP}/empty.jsonl: no prompts"),

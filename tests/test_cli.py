@@ -190,9 +190,9 @@ MESSAGES = {  # what the line must also say, for the cases above whose line star
     "nan-weights": "1 tensor(s) hold NaN or infinite values (model.layers.0.mlp.up_proj.weight)",
     "generation-config-invalid": "generation_config.json: not valid JSON",
     "chat-without-template": "the checkpoint has no chat_template",
-    "prompt-file-not-utf8": "prompts.jsonl: not a UTF-8 text file",
+    "prompt-file-not-utf8": "prompts.jsonl:1: not valid UTF-8 (byte 0xff at column 1)",
     "prompt-file-bad-line": 'prompts.jsonl:3: expected an object with a non-empty string "prompt"',
-    "prompt-file-not-jsonl": "prompts.jsonl:1: not a JSON object",
+    "prompt-file-not-jsonl": "prompts.jsonl:1: not valid JSON",
     "prompt-file-empty": "prompts.jsonl: no prompts",
     "prompt-file-bad-budget": 'prompts.jsonl:1: "max_new_tokens" must be >= 1, got 0',
     "prompt-file-lone-surrogate": 'prompts.jsonl:2: "prompt" is not valid Unicode: a lone surrogate U+DCFF at character 3',
@@ -374,8 +374,9 @@ def test_prompt_text_file_is_read_verbatim(capsys, tmp_path, orthrus_ckpt):
 
 def test_prompt_file_size_limits_name_the_cap(capsys, tmp_path, orthrus_ckpt, monkeypatch):
     import orthrus_min.prompts as prompts
+    import orthrus_min.reading as reading
 
-    monkeypatch.setattr(prompts, "CHUNK", 16)  # small reads, so that the limits are passed within a few bytes
+    monkeypatch.setattr(reading, "CHUNK", 16)  # small reads, so that the limits are passed within a few bytes
     monkeypatch.setattr(prompts, "MAX_LINE_BYTES", 64)
     monkeypatch.setattr(prompts, "MAX_FILE_BYTES", 200)
     (tmp_path / "long.jsonl").write_text('{"prompt": "a"}\n' + '{"prompt": "' + "b" * 60 + '"}\n')

@@ -217,7 +217,7 @@ def test_check_catches_a_broken_acceptance_rule(monkeypatch):
 
 def test_bad_block_size_is_a_clear_error():
     _, model = models(0, "gqa2", "random")  # block_size 32
-    with pytest.raises(OrthrusError, match="block size must be an int >= 1, got 0"):
+    with pytest.raises(OrthrusError, match="block size must be an int >= 1 or 'auto', got 0"):
         generate_orthrus(model, [1, 2], 4, block_size=0)
     with pytest.raises(OrthrusError, match="block size 33 is larger than the checkpoint's block_size 32"):
         generate_orthrus(model, [1, 2], 4, block_size=33)

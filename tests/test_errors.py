@@ -260,6 +260,9 @@ API_CASES = [
     ("stream-max-new-tokens-fraction", lambda llm: list(llm.stream("a", 4.5)), TypeError, "max_new_tokens must be an int"),
     ("enable-thinking-a-string", lambda llm: llm.chat([{"role": "user", "content": "a"}], 4, enable_thinking="no"), TypeError,
      "enable_thinking must be True or False"),
+    ("chat-no-messages", lambda llm: llm.chat([], 4), TypeError, '"messages" must be a non-empty list .* got an empty list'),
+    ("chat-content-none", lambda llm: llm.chat([{"role": "user", "content": None}], 4), TypeError,
+     r"messages\[0\]\.content must be a string, got NoneType"),
     # decode
     ("decode-a-string", lambda llm: llm.decode("abc"), TypeError, "must be a list of token ids .ints., got str"),
     ("decode-negative-id", lambda llm: llm.decode([-1]), OrthrusError, "token id -1 is outside the model's vocabulary"),

@@ -81,7 +81,10 @@ def test_chat_rows_need_a_chat_template(tmp_path, tok):
     ('{"messages": [{"role": "robot", "content": "a"}]}', r"bad.jsonl:2: messages\[0\] has role 'robot'"),
     ('{"messages": []}', r"bad.jsonl:2: \"messages\" must be a non-empty list"),
     ('{"messages": [{"role": "user", "content": 5}]}', r"bad.jsonl:2: messages\[0\].content must be a string"),
-], ids=["json", "not-object", "no-field", "role", "empty", "content"])
+    ('{"text": "a", "text": "b"}', r'bad.jsonl:2: the key "text" is given twice'),
+    ('{"messages": [{"role": "user", "content": "a\\udcff"}]}',
+     r'bad.jsonl:2: "messages"\[0\]\["content"\] is not valid Unicode: a lone surrogate U\+DCFF at character 1'),
+], ids=["json", "not-object", "no-field", "role", "empty", "content", "key-twice", "nested-lone-surrogate"])
 def test_malformed_jsonl_names_the_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")

@@ -164,9 +164,9 @@ CASES = {
     "regenerate-jsonl-not-utf8": (lambda r: regenerate(r, "latin1.jsonl", r / "new.jsonl"),
                                   r"latin1.jsonl:2: not valid UTF-8 \(byte 0xff"),
     "regenerate-lone-surrogate": (lambda r: regenerate(r, "surrogate.jsonl", r / "new.jsonl"),
-                                  r"surrogate.jsonl:1: a \\u escape of a lone surrogate \(such as \"\\udcff\"\) is not text"),
+                                  r"surrogate.jsonl:1: \"prompt\" is not valid Unicode: a lone surrogate U\+DCFF"),
     "distill-lone-surrogate": (lambda r: [a if a != str(r / "chat.jsonl") else str(r / "surrogate_text.jsonl")
-                                          for a in distill(r, r / "fresh")], r"surrogate_text.jsonl:2: a \\u escape of a lone"),
+                                          for a in distill(r, r / "fresh")], r"surrogate_text.jsonl:2: \"text\" is not valid Unicode"),
     "tokenizer-only-binary-files": (lambda r: tokenizer(r, r / "binaries", r / "tok_new"),
                                     r"--data .*binaries: no files matching '\*' that are text \(3 binary skipped\)"),
     "tokenizer-binary-file-named": (lambda r: tokenizer(r, r / "program.bin", r / "tok_new"),

@@ -284,8 +284,19 @@ def test_a_query_gives_the_same_bits_alone_in_a_block_in_a_batch(split):
     """Batch invariance (docs/ARCHITECTURE.md, "What exact means"): the AR view's query at position p gives the same
     bits alone (T = 1, as AR decoding computes it), as the last query of a verify block of T, next to rows of other
     lengths, and over caches of other capacities (so over another number of splits)."""
+    assert_query_invariance(split, torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot on a GPU (bench gpu runs it)")
+@pytest.mark.parametrize("split", [None, 48], ids=["default-split", "split48"])
+def test_a_bf16_query_gives_the_same_bits_alone_and_in_a_block_on_gpu(split):
+    """The same with the GPU's bf16 tl.dot, whose rows must not depend on where they sit in the tile."""
+    assert_query_invariance(split, torch.bfloat16)
+
+
+def assert_query_invariance(split: int | None, dtype: torch.dtype) -> None:
     p, G, Hkv, D = 150, 2, 2, 64
-    q, k, v = make_qkv(3, G * Hkv, Hkv, 32, 300, D, seed=3)  # (3, H, 32, D), (3, Hkv, 300, D) x2
+    q, k, v = make_qkv(3, G * Hkv, Hkv, 32, 300, D, dtype=dtype, seed=3)  # (3, H, 32, D), (3, Hkv, 300, D) x2
     for T in (1, 3, 32):
         alone = block_attention(q[:1, :, T - 1 : T], k[:1, :, : p + 1], v[:1, :, : p + 1], True,
                                 lengths=torch.tensor([p], device=DEVICE), keys_per_split=split)

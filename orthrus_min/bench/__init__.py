@@ -6,6 +6,7 @@
     python -m orthrus_min.bench forward --model DIR                  # one forward of 1 vs K tokens; decode vs roofline
     python -m orthrus_min.bench random-model --preset qwen3-1.7b --out /tmp/qwen3-1.7b   # a random Qwen3 to time
     python -m orthrus_min.bench attn                                 # the Triton kernel (needs CUDA)
+    python -m orthrus_min.bench gpu                                  # everything a GPU must show, one report (gpu.py)
     python -m orthrus_min.bench all --smoke                          # seconds: 1 prompt, few tokens, tiny sweeps
 
 `orthrus` and `all` (decode.py) decode every prompt with each method — Transformers `generate`
@@ -33,6 +34,7 @@ avoids OpenMP's costly waits for busy cores.
 
 Modules: cli.py (flags, checks, dispatch), common.py (timer, bandwidth probe, machine, files),
 decoders.py (the methods: the only caller of the decoders), measure.py (interleaved timing and
-statistics), prompts.py, reference.py (Transformers), decode.py + decode_report.py (`orthrus`,
-`all`), forward.py, ar.py, attn.py, random_model.py.
+statistics), reference.py (Transformers), decode.py + decode_report.py (`orthrus`, `all`; prompt
+files: orthrus_min/prompts.py), forward.py, ar.py, attn.py, random_model.py, gpu.py (`gpu`: every section above
+that a GPU must show, plus batch invariance, in one report).
 """

@@ -1,4 +1,4 @@
-"""`python -m orthrus_min.bench <command>`: see cli.py (commands: all, orthrus, ar, forward, random-model, attn)."""
+"""`python -m orthrus_min.bench <command>`: see cli.py (commands: all, orthrus, ar, forward, random-model, attn, gpu)."""
 
 import sys
 

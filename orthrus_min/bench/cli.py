@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import command_parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
+from ..cli import block_size_arg, command_parser, int_list, nonnegative_float, nonnegative_int, positive_int, run_main
 from ..engine import COMPILE_MODES
 from ..files import check_replaceable, check_writable_file, check_writable_folder
 from .common import write_json, write_text
@@ -71,8 +71,8 @@ def add_decode_args(sp: argparse.ArgumentParser) -> None:
                                                                            "--smoke: 1)")
     sp.add_argument("--max-new-tokens", type=positive_int, default=None, help="tokens generated per run (default: 128; with "
                                                                               "--smoke: 8)")
-    sp.add_argument("--block-size", type=positive_int, default=None, help="K of the main table and the context sweep (default: "
-                                                                          "the checkpoint's block_size)")
+    sp.add_argument("--block-size", type=block_size_arg, default=None, help="K of the main table, the context and batch sweeps: "
+                    "1 … the checkpoint's block_size, or auto: chosen per step, as generate does (default: auto)")
     sp.add_argument("--temperature", type=nonnegative_float, default=0.7, help="temperature of the sampled rows (default: 0.7)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the sampled rows, the same for every repeat (default: 0)")
     sp.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (without it EOS is ignored, so every run decodes "
@@ -113,7 +113,7 @@ def add_forward_args(sp: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m orthrus_min.bench`, one sub-command per benchmark."""
     from . import __doc__ as package_doc
-    from . import prompts
+    from .. import prompts
     from .attn import LAYOUTS
     from .random_model import PRESETS
 
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--prompt-len", type=positive_int, default=32, help="prompt length in tokens, random ids (default: 32)")
     ar.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens generated per run, EOS ignored (default: 128)")
 
-    prompt_format = prompts.__doc__[prompts.__doc__.index("Prompt files"):]
+    prompt_format = prompts.__doc__.split("\n\nReading is bounded")[0]  # the format, documented once (orthrus_min/prompts.py)
     for name, help_ in (("orthrus", "our AR vs Orthrus greedy and sampled, per prompt, plus block-size and context sweeps"),
                         ("all", "orthrus + Transformers generate + the per-forward latency table: the whole report")):
         sp = sub.add_parser(name, help=help_, description=f"{help_}.\n\n{prompt_format}", formatter_class=fmt)

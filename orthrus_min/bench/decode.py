@@ -42,8 +42,7 @@ from .common import first_mismatch, has_package, machine_info, machine_line, mem
 from .decoders import (Decoding, Method, ar_method, batch_method, compile_mode_of, mlx_method, orthrus_method, prepare_compiled,
                        transformers_method)
 from .measure import measure, pool, summarize, warm_up
-from ..prompts import Prompt, encode_prompt, read_prompt_file
-from .prompts import default_prompts_file, long_prompt
+from ..prompts import Prompt, default_prompts_file, encode_prompt, read_prompt_file
 from .reference import MISSING
 
 FULL = dict(max_prompts=None, max_new_tokens=128, repeats=5, block_sizes=[4, 8, 16, 32], sweep_prompts=None,
@@ -87,7 +86,7 @@ def main_methods(b: Bench) -> dict[str, Method]:
 
 def main_table(b: Bench) -> dict:
     """Every method on every prompt: per-prompt and overall metrics, identical-output checks, speedups."""
-    K = b.s["block_size"]
+    K = b.s["block_room"]  # histogram bins: the largest block a run may use
     methods = main_methods(b)
     names = list(methods)
     encoded = [encode_prompt(p, b.tokenizer) for p in b.prompts]
@@ -169,10 +168,36 @@ def block_size_sweep(b: Bench) -> list[dict]:
     return points
 
 
+def long_prompt(prompts: list[Prompt], i: int, length: int, tokenizer) -> tuple[list[int], bool]:
+    """Prompt i preceded by the other prompts' text (in file order from i+1, wrapping) -> (ids, filler_repeated).
+
+    About `length` tokens (exactly, for a raw prompt): the text's last tokens, so prompt i ends it.
+    filler_repeated: the other prompts were too short and had to be used more than once.
+    """
+    others = [p.text for p in prompts[i + 1:] + prompts[:i]] or [prompts[i].text]
+    overhead = len(encode_prompt(prompts[i], tokenizer)) - len(tokenizer.encode(prompts[i].text))  # the chat template's tokens
+    want = max(1, length - overhead)
+    sizes = [len(tokenizer.encode(t)) + 1 for t in others]  # about what each adds (plus a newline)
+    filler, ids = [], tokenizer.encode(prompts[i].text)
+    estimate = len(ids)
+    while len(ids) < want:
+        while estimate < want:  # the nearest neighbour (prompt i+1) goes right before the prompt, the next before it, …
+            filler.insert(0, others[len(filler) % len(others)])
+            estimate += sizes[(len(filler) - 1) % len(others)]
+        ids = tokenizer.encode("\n".join(filler + [prompts[i].text]))
+        estimate = len(ids)  # still short (BPE merged across the joins): add more
+    repeated = len(filler) > len(others)
+    ids = ids[-want:]
+    if prompts[i].chat:
+        ids = encode_prompt(prompts[i], tokenizer, tokenizer.decode(ids))
+    return ids, repeated
+
+
 def context_sweep(b: Bench) -> list[dict]:
     """Orthrus greedy against our AR at growing prompt lengths (prompts prefixed with other prompts' text)."""
     K, n = b.s["block_size"], b.s["new_tokens"]
     methods = {"ar": ar_method(b.model, b.decoding), "orthrus_greedy": orthrus_method(b.model, b.decoding, K)}
+    K = b.s["block_room"]
     points = []
     for length in b.s["context_lengths"]:
         built = [long_prompt(b.all_prompts, i, length, b.tokenizer) for i in range(min(b.s["context_prompts"], len(b.all_prompts)))]
@@ -209,7 +234,7 @@ def batch_size_sweep(b: Bench) -> list[dict]:
         point = {"batch_size": B, "repeated_prompts": B > len(ids)}
         for name, rs in runs.items():
             last = rs[-1]
-            seconds = summarize(rs, K)["seconds"]
+            seconds = summarize(rs, b.s["block_room"])["seconds"]
             rows_forwards = last.num_forwards * B
             point[name] = {"tokens_per_s": len(last.tokens) / seconds, "seconds": seconds,
                            "acceptance_mean": sum(last.accepted) / len(last.accepted) if last.accepted else None,
@@ -248,8 +273,9 @@ def settings_from(args, config) -> dict:
     s = {"max_prompts": pick("max_prompts"), "new_tokens": pick("max_new_tokens"), "repeats": pick("repeats"),
          "block_sizes": pick("block_sizes"), "sweep_prompts": pick("sweep_prompts"), "context_lengths": pick("context_lengths"),
          "context_prompts": pick("context_prompts"), "batch_sizes": pick("batch_sizes")}
-    K = resolve_block_size(config, args.block_size)
+    K = resolve_block_size(config, "auto" if args.block_size is None else args.block_size)
     s.update(block_size=K, temperature=args.temperature, seed=args.seed, stop_at_eos=args.stop_at_eos, warmup=args.warmup)
+    K = s["block_room"] = config.block_size if K == "auto" else K  # the largest block a run may use
     s["block_sizes"] = [k for k in s["block_sizes"] if k <= config.block_size] or [K]
     room = config.max_position_embeddings - s["new_tokens"] - K
     if room < 1:
@@ -271,7 +297,7 @@ def select_prompts(prompts: list[Prompt], tokenizer, s: dict, context: int) -> t
     selected, skipped = [], []
     for prompt in prompts:
         num = len(encode_prompt(prompt, tokenizer))
-        if num + s["new_tokens"] + s["block_size"] <= context:
+        if num + s["new_tokens"] + s["block_room"] <= context:
             selected.append(prompt)
         else:
             skipped.append({"id": prompt.id, "prompt_tokens": num})
@@ -280,7 +306,7 @@ def select_prompts(prompts: list[Prompt], tokenizer, s: dict, context: int) -> t
                  + ", ".join(x["id"] for x in skipped))
     if not selected:
         raise OrthrusError(f"no prompt fits the model's context of {context} tokens with {s['new_tokens']} new tokens and a "
-                           f"block of {s['block_size']} (try a smaller --max-new-tokens)")
+                           f"block of {s['block_room']} (try a smaller --max-new-tokens)")
     return (selected[: s["max_prompts"]] if s["max_prompts"] else selected), skipped
 
 
@@ -301,7 +327,7 @@ def bench_decode(args) -> tuple[dict, str]:
     folder = resolve_checkpoint(args.model)
     config = Qwen3Config.from_json(folder / "config.json")
     s = settings_from(args, config)
-    fw_settings = forward_settings(args, device, config, s["block_size"]) if args.command == "all" else None
+    fw_settings = forward_settings(args, device, config, s["block_room"]) if args.command == "all" else None
     prompts_file = args.prompts or default_prompts_file(folder)
     prompts = read_prompt_file(prompts_file)
     tokenizer = Tokenizer(folder)

@@ -72,6 +72,26 @@ def _eos(model, d: Decoding) -> list[int] | None:
     return (list(model.config.eos_token_id) or None) if d.stop_at_eos else None
 
 
+def _block_size(model, block_size):
+    """What a method passes as block_size: K as it is; for "auto", a function that gives a new BlockSizeChooser per run,
+    starting from the cost estimates the method's earlier runs left (measured once, on the first run)."""
+    if block_size != "auto":
+        return lambda batch_size: block_size
+    from ..blocksize import BlockSizeChooser, measure_step_costs
+    from ..consensus import auto_candidates
+
+    candidates, costs = auto_candidates(model.config), {}
+
+    def chooser(batch_size: int):
+        if batch_size not in costs:
+            costs[batch_size] = measure_step_costs(model, candidates, batch_size)
+        made = BlockSizeChooser(candidates, costs[batch_size])
+        costs[batch_size] = made.costs  # the same dict: what this run learns, the next run starts from
+        return made
+
+    return chooser
+
+
 def _compiler(d: Decoding, compiled: bool):
     """One Compiler per method, kept by it across runs (compiled steps, CUDA-graph buffers); None when eager."""
     from ..engine import Compiler
@@ -92,13 +112,13 @@ def ar_method(model, d: Decoding, sampled: bool = False, compiled: bool = False)
     return lambda ids: _run(generate_ar(model, ids, d.max_new_tokens, sampling, ignore_eos=not d.stop_at_eos, compile_mode=mode))
 
 
-def orthrus_method(model, d: Decoding, block_size: int, sampled: bool = False, compiled: bool = False) -> Method:
+def orthrus_method(model, d: Decoding, block_size: int | str, sampled: bool = False, compiled: bool = False) -> Method:
     """Our Orthrus decoder (`generate_orthrus`) with blocks of `block_size`, greedy or at d.temperature; compiled: its
     step compiled with d.compile_mode."""
     from ..consensus import generate_orthrus
 
-    sampling, mode = _sampling(d, sampled), _compiler(d, compiled)
-    return lambda ids: _run(generate_orthrus(model, ids, d.max_new_tokens, sampling, block_size=block_size,
+    sampling, mode, K = _sampling(d, sampled), _compiler(d, compiled), _block_size(model, block_size)
+    return lambda ids: _run(generate_orthrus(model, ids, d.max_new_tokens, sampling, block_size=K(1),
                                              ignore_eos=not d.stop_at_eos, compile_mode=mode))
 
 
@@ -108,13 +128,13 @@ def batch_method(model, d: Decoding, block_size: int | None, compiled: bool = Fa
     from ..ar import generate_ar
     from ..consensus import generate_orthrus
 
-    mode = _compiler(d, compiled)
+    mode, K = _compiler(d, compiled), _block_size(model, block_size)
 
     def run(batch: list[list[int]]) -> Run:
         if block_size is None:
             out = generate_ar(model, batch, d.max_new_tokens, ignore_eos=not d.stop_at_eos, compile_mode=mode)
         else:
-            out = generate_orthrus(model, batch, d.max_new_tokens, block_size=block_size, ignore_eos=not d.stop_at_eos,
+            out = generate_orthrus(model, batch, d.max_new_tokens, block_size=K(len(batch)), ignore_eos=not d.stop_at_eos,
                                    compile_mode=mode)
         return Run([t for g in out for t in g.tokens], ttft_s=out[0].prefill_s, num_forwards=max(g.num_forwards for g in out),
                    accepted=[n for g in out for n in g.accepted], rows=[g.tokens for g in out])

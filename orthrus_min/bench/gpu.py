@@ -7,14 +7,14 @@
 Sections, in order (each prints progress lines on stderr; one that fails is reported as an error and the
 run goes on):
 
-  tests       the GPU-only tests — the kernel in bf16/fp16 and bf16 batch invariance of the whole model —
+  tests       the GPU-only tests — the kernel in bf16/fp16, and bf16 batch invariance of the kernel and the model —
               run by pytest in a subprocess: pass/fail (they skip without a GPU)
   invariance  per operator, the largest difference between a token's row computed inside a block of T
               tokens (or a batch) and alone: linear, RMSNorm, SDPA, our invariant attention, the kernel,
-              and the whole model's logits with batch invariance off and on (bf16)
+              and the whole model's logits with batch invariance off and on (bf16 and fp32)
   decode      the shipped model at batch 1, 4, 16 (K = --block-size): AR and Orthrus tokens/s, eager and
-              compiled (--compile-mode, CUDA graphs by default on a GPU); compiled == eager and Orthrus == AR,
-              row for row, token for token
+              compiled (--compile-mode, CUDA graphs by default on a GPU); Orthrus == AR within each, and
+              compiled == eager in fp32 (bf16's fused kernels round differently), row for row, token for token
   roofline    AR decode of the Qwen3-1.7B-shaped random model, eager and compiled, against the
               memory-bandwidth roofline (weights + K/V read per token at the measured copy bandwidth)
   forward     one forward of that model over a cache of L tokens for T = 1 … 32 new tokens, each captured
@@ -48,6 +48,7 @@ from .common import Timing, copy_bandwidth_gbs, fmt, first_mismatch, machine_inf
 
 SECTIONS = ("tests", "invariance", "decode", "roofline", "forward", "identical", "cost", "attn")
 GPU_TESTS = ("tests/test_triton_attn.py::test_kernel_half_precision_on_gpu",
+             "tests/test_triton_attn.py::test_a_bf16_query_gives_the_same_bits_alone_and_in_a_block_on_gpu",
              "tests/test_batch_invariance.py::test_bf16_on_gpu_alone_in_a_block_and_in_a_batch")
 FULL = dict(prompts=16, new_tokens=128, block_sizes=[4, 8, 16, 32], batch_sizes=[1, 4, 16], repeats=3, preset="qwen3-1.7b",
             prompt_len=128, lengths=[1024, 4096], tokens=[1, 2, 4, 8, 16, 32], iters=20, copy_mib=1024,
@@ -83,9 +84,8 @@ class Context:
 
     def prompt_ids(self, n: int) -> list[list[int]]:
         """The first n held-out prompts of the checkpoint (its heldout_prompts.jsonl, else the shipped model's), encoded."""
-        from ..prompts import encode_prompt, read_prompt_file
+        from ..prompts import default_prompts_file, encode_prompt, read_prompt_file
         from ..tokenizer import Tokenizer
-        from .prompts import default_prompts_file
 
         tokenizer = Tokenizer(self.folder)
         return [encode_prompt(p, tokenizer) for p in read_prompt_file(default_prompts_file(self.folder))][:n]
@@ -122,7 +122,8 @@ def section_tests(ctx: Context) -> dict:
         return {"status": "failed", "reason": f"timed out after {ctx.s['tests_timeout_s']} s", "command": command[2:],
                 "checks": {"gpu_tests_pass": False}}
     out = done.stdout + done.stderr
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", out.splitlines()[-1] if out else "")}
+    summary = out.strip().splitlines()[-1] if out.strip() else ""  # pytest's last line: "2 failed, 8 passed in 30.1s"
+    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", summary)}
     failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
     ran = counts.get("passed", 0) + failed
     status = "failed" if done.returncode not in (0, 5) or failed else "passed" if ran else "skipped"
@@ -204,7 +205,7 @@ def _probe_dtype(ctx: Context, dtype: torch.dtype, streams: list[list[int]]) -> 
         return invariant_attention(q, k, v, additive_mask(mask)).transpose(1, 2)
 
     def attention_probe(kind: str):
-        def block(start: int, T: int) -> torch.Tensor:  # row 0's queries start … at positions P + start …; rows 1, 2: other lengths
+        def block(start: int, T: int) -> torch.Tensor:  # row 0's queries start … at P + start …; rows 1, 2 elsewhere
             return attend(kind, q_all[:, :, start:start + T], torch.tensor([P + start, 50, 200], device=device), P + n + 300)
 
         def alone(j: int) -> torch.Tensor:  # query j alone, over exactly its keys
@@ -217,10 +218,10 @@ def _probe_dtype(ctx: Context, dtype: torch.dtype, streams: list[list[int]]) -> 
             model.set_batch_invariant(invariant)
             return layer.self_attn.q_proj(x)
 
-        return lambda start, T: run(hidden[:, start:start + T]), lambda j: run(hidden[:1, j:j + 1])
+        return lambda start, T: run(hidden[:, start:start + T].contiguous()), lambda j: run(hidden[:1, j:j + 1])
 
     probes = {"F.linear (q_proj)": linear_probe(False), "Linear, batch-invariant (q_proj)": linear_probe(True),
-              "RMSNorm": (lambda start, T: layer.input_layernorm(hidden[:, start:start + T]),
+              "RMSNorm": (lambda start, T: layer.input_layernorm(hidden[:, start:start + T].contiguous()),
                           lambda j: layer.input_layernorm(hidden[:1, j:j + 1])),
               "SDPA": attention_probe("sdpa"), "invariant attention (torch)": attention_probe("invariant")}
     if ctx.cuda and package_version("triton"):
@@ -323,14 +324,16 @@ def section_decode(ctx: Context) -> dict:
             o["speedup_vs_ar"] = o["tokens_per_s"] / point["ar" + suffix]["tokens_per_s"]
             o["equals_ar"] = checks[f"orthrus_equals_ar{suffix}_b{B}"] = rows_equal(rows["orthrus" + suffix], rows["ar" + suffix])
         if ctx.compile_mode:
-            point["compiled_equals_eager"] = rows_equal(rows["ar_compiled"], rows["ar"]) and rows_equal(rows["orthrus_compiled"], rows["orthrus"])
+            point["compiled_equals_eager"] = (rows_equal(rows["ar_compiled"], rows["ar"])
+                                              and rows_equal(rows["orthrus_compiled"], rows["orthrus"]))
             if dtype == torch.float32:
                 checks[f"compiled_equals_eager_b{B}"] = point["compiled_equals_eager"]
         points.append(point)
     result = {"status": "ok", "dtype": str(dtype).removeprefix("torch."), "block_size": K, "new_tokens": n,
               "compile_mode": ctx.compile_mode, "attn": model.attn_backend, "points": points, "checks": checks}
     if ctx.compile_mode and dtype != torch.float32:
-        result["fp32_compiled_equals_eager"] = checks["compiled_equals_eager_fp32"] = _compiled_equals_eager_fp32(ctx, prompts, d, K)
+        same = _compiled_equals_eager_fp32(ctx, prompts, d, K)
+        result["fp32_compiled_equals_eager"] = checks["compiled_equals_eager_fp32"] = same
     return result
 
 

@@ -23,18 +23,19 @@ Modules, one job each:
   chat.py        chats rendered with the chat template; the assistant-only loss mask
   corpus.py      tokenized documents, cached under a key of the data and the tokenizer
   data.py        a stage's data: sources tokenized once, the mix, self-distillation sequences
-  packing.py     documents packed into rows, epochs, anchors, the data position
+  packing.py     documents packed into rows, epochs, the data position
   objective.py   next-token loss, the dual-pass forward and the distillation loss
   loop.py        the shared training loop (DDP, accumulation, autocast, evaluation, resume)
   pretrain.py    the pretraining job and model presets
-  distill.py     the distillation job, mask-token choice, freezing the base
+  distill.py     the distillation job: anchor blocks and block sizes drawn, mask-token choice, freezing the base
   evaluate.py    held-out loss and acceptance length
   regenerate.py  the base model's own responses (the regenerate stage, --self-distill)
   checkpoint.py  atomic checkpoints, random states, the --out rules
   dist.py        processes: rank, world, device, collectives
   progress.py    progress lines and log.jsonl
   plan.py        --dry-run: parameter counts, memory estimate, launch command
-  bpe.py         the tokenizer stage; prompts.py: the prompts stage
+  bpe.py         the tokenizer stage
+  heldout.py     the prompts stage: prompts cut from held-out files
 """
 
 from .bpe import SPECIAL_TOKENS, train_tokenizer
@@ -47,7 +48,7 @@ from .loop import Schedule
 from .objective import TrainingCache, block_starts, distill_loss, dual_forward
 from .packing import RowStream, pack, plan_epoch
 from .pretrain import MODEL_PRESETS, init_weights
-from .prompts import make_prompts
+from .heldout import make_prompts
 from .regenerate import greedy_continuations, self_distillation_data
 from .sources import corpus_files, is_heldout, random_windows, read_text, split_files, tokenize_files
 

@@ -23,31 +23,37 @@ from __future__ import annotations
 from ..errors import OrthrusError
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool, enable_thinking: bool | None) -> str:
-    """The chat template's text for `messages` (Tokenizer.apply_chat_template)."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking)
+def require_template(tokenizer, where: str) -> None:
+    """A one-line error naming the row `where` when the tokenizer has no chat template."""
+    if tokenizer.chat_template is None:
+        raise OrthrusError(f"{where}: a chat row needs a chat template, and the tokenizer in {tokenizer.folder} has none "
+                           "(no chat_template in tokenizer_config.json or chat_template.jinja)")
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool, enable_thinking: bool | None, where: str) -> str:
+    """The chat template's text for `messages` (Tokenizer.apply_chat_template); an error names the row `where`."""
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                             enable_thinking=enable_thinking)
+    except OrthrusError as e:
+        raise OrthrusError(f"{where}: {e}") from None
 
 
 def assistant_spans(tokenizer, messages: list[dict], enable_thinking: bool | None, where: str) -> tuple[str, list[tuple[int, int]]]:
     """(the whole conversation's text, the character spans [a, b) of its trained assistant turns)."""
-    if tokenizer.chat_template is None:
-        raise OrthrusError(f"{where}: a chat row needs a chat template, and the tokenizer in {tokenizer.folder} has none "
-                           "(no chat_template in tokenizer_config.json or chat_template.jinja); use {\"text\": …} rows")
+    require_template(tokenizer, where)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not turns:
         raise OrthrusError(f"{where}: the conversation has no assistant turn, so nothing to train on")
-    try:
-        full = render(tokenizer, messages, False, enable_thinking)
-        spans = []
-        for i in turns:
-            if i == 0:
-                continue  # an answer to nothing
-            before = render(tokenizer, messages[:i], True, enable_thinking)
-            upto = render(tokenizer, messages[: i + 1], False, enable_thinking)
-            if len(upto) > len(before) and upto.startswith(before) and full.startswith(upto):
-                spans.append((len(before), len(upto)))
-    except OrthrusError as e:
-        raise OrthrusError(f"{where}: {e}") from None
+    full = render(tokenizer, messages, False, enable_thinking, where)
+    spans = []
+    for i in turns:
+        if i == 0:
+            continue  # an answer to nothing
+        before = render(tokenizer, messages[:i], True, enable_thinking, where)
+        upto = render(tokenizer, messages[: i + 1], False, enable_thinking, where)
+        if len(upto) > len(before) and upto.startswith(before) and full.startswith(upto):
+            spans.append((len(before), len(upto)))
     if not spans:
         raise OrthrusError(f"{where}: the chat template renders none of the assistant turns as a continuation of its "
                            "generation prompt (see orthrus_min/train/chat.py)")
@@ -72,19 +78,21 @@ def chat_tokens(tokenizer, messages: list[dict], enable_thinking: bool | None, w
     return ids, mask
 
 
-def generation_prompt(tokenizer, messages: list[dict], enable_thinking: bool | None, where: str = "chat") -> list[int]:
-    """Token ids of the prompt that asks for the next assistant turn (trailing assistant turns are dropped)."""
-    if tokenizer.chat_template is None:
-        raise OrthrusError(f"{where}: a chat row needs a chat template, and the tokenizer in {tokenizer.folder} has none")
+def before_answer(messages: list[dict]) -> list[dict]:
+    """The conversation without its trailing assistant turns: what the next assistant turn answers."""
     end = len(messages)
     while end and messages[end - 1]["role"] == "assistant":
         end -= 1
-    if end == 0:
+    return messages[:end]
+
+
+def generation_prompt(tokenizer, messages: list[dict], enable_thinking: bool | None, where: str = "chat") -> list[int]:
+    """Token ids of the prompt that asks for the next assistant turn (trailing assistant turns are dropped)."""
+    require_template(tokenizer, where)
+    context = before_answer(messages)
+    if not context:
         raise OrthrusError(f"{where}: the conversation has no turn before the assistant's to answer")
-    try:
-        return tokenizer.encode(render(tokenizer, messages[:end], True, enable_thinking))
-    except OrthrusError as e:
-        raise OrthrusError(f"{where}: {e}") from None
+    return tokenizer.encode(render(tokenizer, context, True, enable_thinking, where))
 
 
-__all__ = ["render", "assistant_spans", "chat_tokens", "generation_prompt"]
+__all__ = ["require_template", "render", "assistant_spans", "chat_tokens", "before_answer", "generation_prompt"]

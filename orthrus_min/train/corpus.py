@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import OrthrusError
 from ..files import WriteFailed, io_reason
+from ..reading import read_json_object
 from .chat import chat_tokens
 from .sources import Document, Source, iter_documents
 
@@ -199,7 +200,7 @@ def _read_split(folder: Path, split: str, with_mask: bool) -> DocArrays:
 def read_cache(folder: Path) -> tuple[DocArrays, DocArrays] | None:
     """The cached (train, held-out) arrays of a complete cache folder, or None if it is missing or unreadable."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_json_object(folder / "meta.json")
         return tuple(_read_split(folder, split, meta["mask"]) for split in ("train", "heldout"))
     except (OSError, ValueError, KeyError, IndexError):
         return None

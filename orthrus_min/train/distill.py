@@ -5,7 +5,7 @@ AR view (`init_diffusion_view`), everything else is frozen, and a mask token is 
 tokenizer has none (`choose_mask_token`). Each step draws one block size K (from
 `--train-block-sizes`); each row gets up to `--blocks-per-row` random anchor blocks (default
 seq_len // K, so the diffusion stream is about as long as the row), inside the trained tokens
-of one document (packing.sample_anchors); the loss is the KL of every draft index 0 … K-2 to the
+of one document (`sample_anchors`); the loss is the KL of every draft index 0 … K-2 to the
 frozen AR view at the same position (objective.py).
 """
 
@@ -22,7 +22,7 @@ from ..model import Qwen3ForCausalLM, num_parameters
 from .dist import Dist
 from .evaluate import acceptance_sums
 from .objective import block_weights, distill_loss, distill_weight, dual_forward
-from .packing import RowStream, Rows, rows_of, sample_anchors, step_block_size
+from .packing import RowStream, Rows, rows_of
 from .pretrain import to_device
 
 MASK_TOKEN = "<|mask|>"
@@ -71,6 +71,32 @@ def choose_mask_token(tokenizer, vocab_size: int, requested: int | None) -> tupl
 def blocks_for(seq_len: int, block_size: int, blocks_per_row: int | None) -> int:
     """Anchor blocks per row: --blocks-per-row, or seq_len // K (a diffusion stream about as long as the row)."""
     return blocks_per_row or max(1, seq_len // block_size)
+
+
+def sample_anchors(rows: Rows, blocks_per_row: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random anchor blocks per row: (starts (B, nb), valid (B, nb)), nb = blocks_per_row.
+
+    An anchor s is valid when s and s+1 lie in the same piece and the token at s+1 carries loss
+    (the draft of the block starting at s begins there). Each row draws up to nb distinct valid
+    anchors, seeded by (seed, epoch, row index), sorted; missing ones are padding (s = 0, invalid).
+    """
+    B, N = rows.ids.shape
+    starts = np.zeros((B, blocks_per_row), dtype=np.int64)
+    valid = np.zeros((B, blocks_per_row), dtype=bool)
+    ok = ((rows.doc[:, :-1] == rows.doc[:, 1:]) & rows.loss[:, 1:]).numpy()  # (B, N-1): anchor s is usable
+    for b in range(B):
+        candidates = np.flatnonzero(ok[b])
+        epoch, r = rows.refs[b] if rows.refs else (0, b)
+        rng = np.random.default_rng([seed, epoch, r, 3])
+        n = min(blocks_per_row, len(candidates))
+        starts[b, :n] = np.sort(rng.choice(candidates, n, replace=False))
+        valid[b, :n] = True
+    return torch.from_numpy(starts), torch.from_numpy(valid)
+
+
+def step_block_size(sizes: list[int], seed: int, step: int) -> int:
+    """The block size of a step, drawn from `sizes` by (seed, step): the same on every process."""
+    return sizes[int(np.random.default_rng([seed, step, 4]).integers(len(sizes)))] if len(sizes) > 1 else sizes[0]
 
 
 @dataclass
@@ -155,4 +181,5 @@ def train_token_stream(pools) -> np.ndarray:
     return np.concatenate([np.asarray(p.docs.stream()) for p in pools])
 
 
-__all__ = ["freeze_base", "choose_mask_token", "largest_token_id", "DistillJob", "blocks_for", "train_token_stream", "MASK_TOKEN"]
+__all__ = ["freeze_base", "choose_mask_token", "largest_token_id", "DistillJob", "blocks_for", "sample_anchors",
+           "step_block_size", "train_token_stream", "MASK_TOKEN"]

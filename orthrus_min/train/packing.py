@@ -8,10 +8,10 @@ short pieces fill the gaps. A row records which piece each token came from: trai
 piece its own positions (0, 1, …) and lets a token attend only to earlier tokens of its own
 piece (docs/ARCHITECTURE.md, "Training").
 
-Every random choice — the epoch's order, a row's anchor blocks, a step's block size — is a pure
-function of (seed, epoch, row) or (seed, step). So the data of a run is fixed by its seed alone:
-any number of processes, any split into micro-batches and any resume see the same rows, and the
-only data state to save is where the run is (epoch, row index).
+Every random choice — the epoch's order here, a row's anchor blocks and a step's block size in
+distill.py — is a pure function of (seed, epoch, row) or (seed, step). So the data of a run is
+fixed by its seed alone: any number of processes, any split into micro-batches and any resume see
+the same rows, and the only data state to save is where the run is (epoch, row index).
 """
 
 from __future__ import annotations
@@ -204,32 +204,6 @@ def rows_of(stream: RowStream, refs: list[tuple[int, int]], pad_id: int) -> Rows
     return make_rows(stream.pools, [stream.row(r) for r in refs], stream.seq_len, pad_id, refs)
 
 
-def sample_anchors(rows: Rows, blocks_per_row: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random anchor blocks per row: (starts (B, nb), valid (B, nb)), nb = blocks_per_row.
-
-    An anchor s is valid when s and s+1 lie in the same piece and the token at s+1 carries loss
-    (the draft of the block starting at s begins there). Each row draws up to nb distinct valid
-    anchors, seeded by (seed, epoch, row index), sorted; missing ones are padding (s = 0, invalid).
-    """
-    B, N = rows.ids.shape
-    starts = np.zeros((B, blocks_per_row), dtype=np.int64)
-    valid = np.zeros((B, blocks_per_row), dtype=bool)
-    ok = ((rows.doc[:, :-1] == rows.doc[:, 1:]) & rows.loss[:, 1:]).numpy()  # (B, N-1): anchor s is usable
-    for b in range(B):
-        candidates = np.flatnonzero(ok[b])
-        epoch, r = rows.refs[b] if rows.refs else (0, b)
-        rng = np.random.default_rng([seed, epoch, r, 3])
-        n = min(blocks_per_row, len(candidates))
-        starts[b, :n] = np.sort(rng.choice(candidates, n, replace=False))
-        valid[b, :n] = True
-    return torch.from_numpy(starts), torch.from_numpy(valid)
-
-
-def step_block_size(sizes: list[int], seed: int, step: int) -> int:
-    """The block size of a step, drawn from `sizes` by (seed, step): the same on every process."""
-    return sizes[int(np.random.default_rng([seed, step, 4]).integers(len(sizes)))] if len(sizes) > 1 else sizes[0]
-
-
 def split_for_rank(refs: list, rank: int, world: int, micro_batch: int) -> list[list]:
     """This process's share of a step's rows (a contiguous slice), cut into micro-batches of `micro_batch` rows."""
     per_rank = len(refs) // world
@@ -238,4 +212,4 @@ def split_for_rank(refs: list, rank: int, world: int, micro_batch: int) -> list[
 
 
 __all__ = ["Pool", "pieces_of", "pack", "EpochPlan", "plan_epoch", "mix_counts", "RowStream", "Rows", "make_rows", "rows_of",
-           "sample_anchors", "step_block_size", "split_for_rank"]
+           "split_for_rank"]

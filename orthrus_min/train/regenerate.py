@@ -31,8 +31,9 @@ import torch
 from ..errors import OrthrusError
 from ..files import WriteFailed, check_writable_file, io_reason, kind_of, remove_output, write_text_atomically
 from ..model import Qwen3ForCausalLM
-from .chat import generation_prompt
-from .sources import check_messages, read_jsonl
+from ..reading import read_jsonl
+from ..request import check_messages
+from .chat import before_answer, generation_prompt
 
 
 @torch.no_grad()
@@ -91,11 +92,8 @@ def read_requests(paths: list[Path], tokenizer, enable_thinking: bool | None) ->
             seen[rid] = where
             if "messages" in row:
                 messages = check_messages(row["messages"], where)
-                end = len(messages)
-                while end and messages[end - 1]["role"] == "assistant":
-                    end -= 1
                 ids = generation_prompt(tokenizer, messages, enable_thinking, where)
-                requests.append(Request(rid, len(requests), ids, messages=messages[:end]))
+                requests.append(Request(rid, len(requests), ids, messages=before_answer(messages)))
             elif isinstance(row.get("prompt"), str) and row["prompt"]:
                 requests.append(Request(rid, len(requests), tokenizer.encode(row["prompt"]), prompt=row["prompt"]))
             else:

@@ -8,8 +8,8 @@ A `--data` entry (a *source*) is one of
     (an "id", metadata) are ignored;
   * any other file: one text document.
 Each file of a text source is a document; each line of a JSONL file is one. Text is UTF-8: in a text
-file undecodable bytes are replaced (U+FFFD), a JSONL line that is not UTF-8 is an error naming the
-line. Binary files (a NUL byte in the first 8 KiB, as git and grep decide) are not text: a folder's
+file undecodable bytes are replaced (U+FFFD); a JSONL file is read as every door reads one
+(orthrus_min/reading.py: a line that is not UTF-8 or not a JSON object is an error naming it). Binary files (a NUL byte in the first 8 KiB, as git and grep decide) are not text: a folder's
 are skipped with one warning line, a binary file named by `--data` is an error. Documents are split
 into train and held-out by a stable hash: of the file's folder and name (text files, as before),
 of the file name and line number (JSONL rows). Mistakes name the file and line.
@@ -18,9 +18,7 @@ of the file name and line number (JSONL rows). Mistakes name the file and line.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -32,8 +30,8 @@ import torch
 
 from ..errors import OrthrusError
 from ..files import kind_of
-
-ROLES = ("system", "user", "assistant", "tool")
+from ..reading import read_jsonl
+from ..request import check_messages
 
 
 @dataclass
@@ -155,61 +153,6 @@ def read_text(path: Path) -> str:
 # --------------------------------------------------------------------------- reading documents
 
 
-def check_messages(messages, where: str) -> list[dict]:
-    """A chat's `messages`, checked: a non-empty list of {"role", "content"} objects with known roles."""
-    if not isinstance(messages, list) or not messages:
-        raise OrthrusError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m:
-            raise OrthrusError(f"{where}: messages[{i}] is not an object with a \"role\"")
-        if m["role"] not in ROLES:
-            raise OrthrusError(f"{where}: messages[{i}] has role {m['role']!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content", ""), (str, type(None))):
-            raise OrthrusError(f"{where}: messages[{i}].content must be a string")
-    return messages
-
-
-LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a D800-DFFF escape: a pair is fine, a lone one is not text
-
-
-def _is_unicode(value) -> bool:
-    """Whether every string in a parsed JSON value is valid Unicode (JSON's backslash-u escapes may spell lone
-    surrogates)."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; malformed JSON, a line that is not UTF-8 or a non-object names
-    the line."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise OrthrusError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
-    with f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise OrthrusError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
-                    from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OrthrusError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if LONE_SURROGATE.search(line) and not _is_unicode(row):
-                raise OrthrusError(f"{path}:{number}: a \\u escape of a lone surrogate (such as \"\\udcff\") is not text; "
-                                   "write the character itself or a surrogate pair")
-            if not isinstance(row, dict):
-                raise OrthrusError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
-
-
 def jsonl_document(row: dict, where: str) -> Document:
     """The document of one JSONL row: {"text": …} or {"messages": […]}."""
     if "messages" in row:
@@ -252,5 +195,5 @@ def random_windows(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.ra
     return torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len]) for s in starts]).astype(np.int64))
 
 
-__all__ = ["Source", "Document", "is_binary", "resolve_sources", "corpus_files", "is_heldout", "split_files", "read_text", "read_jsonl",
-           "iter_documents", "check_messages", "tokenize_files", "random_windows", "stdlib_files"]
+__all__ = ["Source", "Document", "is_binary", "resolve_sources", "corpus_files", "is_heldout", "split_files", "read_text",
+           "iter_documents", "tokenize_files", "random_windows", "stdlib_files"]

@@ -367,7 +367,7 @@ def run_prompts(args) -> None:
     import json
 
     from ..files import check_writable_file, is_regular_file, write_text_atomically
-    from .prompts import make_prompts
+    from .heldout import make_prompts
     from .sources import corpus_files, split_files
 
     if is_regular_file(args.out) and not args.overwrite:

@@ -1,4 +1,5 @@
-"""Held-out prompt files for evaluation and benchmarks (the `prompts` stage)."""
+"""The `prompts` stage: prompts cut from held-out files, written as a prompt file (JSONL, orthrus_min/prompts.py) for
+evaluation and the benchmarks."""
 
 from __future__ import annotations
 

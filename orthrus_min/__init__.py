@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 _WHERE = {"load": "api", "LLM": "api", "Completion": "api", "OrthrusError": "errors", "KVCache": "kvcache",
-          "Qwen3Config": "model", "Qwen3ForCausalLM": "model", "load_model": "model", "save_model": "model",
+          "Qwen3Config": "config", "Qwen3ForCausalLM": "model", "load_model": "checkpoint", "save_model": "checkpoint",
           "SamplingParams": "sampling"}
 __all__ = list(_WHERE)
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import generation_defaults
 from .errors import OrthrusError, check_bool, check_int, check_text, is_int
 from .request import MODES, check_messages, flat_token_ids, is_array, per_prompt, prompt_rows
 from .sampling import SamplingParams, check_seed
@@ -63,29 +64,6 @@ class Completion:
     @property
     def tokens_per_forward(self) -> float:
         return (len(self.token_ids) - 1) / self.num_forwards if self.num_forwards else 0.0
-
-
-def generation_defaults(folder: Path) -> dict:
-    """Sampling settings and EOS ids from the checkpoint's generation_config.json ({} when it has none)."""
-    path = folder / "generation_config.json"
-    if not path.exists():
-        return {}
-    from .reading import read_json_object
-
-    config = read_json_object(path)
-    out = {}
-    if config.get("do_sample") is False:
-        out["temperature"] = 0.0
-    else:
-        for key in ("temperature", "top_k", "top_p"):
-            if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
-                out[key] = config[key]
-        if config.get("do_sample") is not True:
-            out.pop("temperature", None)  # sampling knobs without do_sample: Transformers decodes greedily
-    eos = config.get("eos_token_id")
-    if isinstance(eos, int) or (isinstance(eos, list) and all(isinstance(e, int) for e in eos)):
-        out["eos_token_id"] = [eos] if isinstance(eos, int) else list(eos)
-    return out
 
 
 class LLM:
@@ -172,7 +150,7 @@ class LLM:
         if mode == "ar" and (block_size is not None or check):
             raise OrthrusError(f"{'block_size' if block_size is not None else 'check'} applies to orthrus decoding; drop it or use mode='orthrus'")
         if mode == "orthrus":
-            from .consensus import resolve_block_size
+            from .config import resolve_block_size
 
             block_size = resolve_block_size(self.config, "auto" if block_size is None else block_size)
             if block_size == "auto" and self.backend == "mlx":
@@ -252,7 +230,7 @@ class LLM:
     def block_size_chooser(self, batch_size: int):
         """A BlockSizeChooser (blocksize.py) for a batch of this size, its step costs measured on the first call."""
         from .blocksize import BlockSizeChooser, measure_step_costs
-        from .consensus import auto_candidates
+        from .config import auto_candidates
 
         candidates = auto_candidates(self.config)
         if batch_size not in self.step_costs:
@@ -328,7 +306,8 @@ def load(model: str | Path | None = None, *, device: str = "auto", dtype: str = 
     threads: CPU threads for torch (default: `default_threads`; torch's setting is process-wide);
     check_weights: refuse NaN/inf weights.
     """
-    from .model import DEFAULT_MODEL, Qwen3Config, resolve_checkpoint
+    from .checkpoint import DEFAULT_MODEL, resolve_checkpoint
+    from .config import Qwen3Config
     from .tokenizer import Tokenizer
 
     check_bool(check_weights, "check_weights")
@@ -366,7 +345,7 @@ def load(model: str | Path | None = None, *, device: str = "auto", dtype: str = 
 
         loaded = mlx.load_model(folder, dtype=dtype, device=device, check_weights=check_weights)
     else:
-        from .model import load_model
+        from .checkpoint import load_model
 
         loaded = load_model(folder, dtype=dtype, device=device, attn=None if attn == "auto" else attn,
                             check_weights=check_weights)
@@ -377,4 +356,4 @@ def load(model: str | Path | None = None, *, device: str = "auto", dtype: str = 
     return LLM(loaded, tokenizer, folder, backend, compiler)
 
 
-__all__ = ["load", "LLM", "Completion", "generation_defaults", "default_threads"]
+__all__ = ["load", "LLM", "Completion", "default_threads"]

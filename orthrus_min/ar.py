@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .engine import Compiler, DecodeState, Generation, Step, TokenCallback, commit, decode, eos_tensor, make_batch, result
+from .batch import Generation, make_batch, result
+from .engine import Compiler, DecodeState, Step, TokenCallback, commit, decode, eos_tensor
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
 from .sampling import SamplingParams, pick_tokens
@@ -41,10 +42,10 @@ def generate_ar(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence
     mode for the step, or a `Compiler` held by the caller. seeds: one sampling seed per prompt (default: `sampling.seed` for every row).
     """
     step = Step(ar_step, forwards=1)
-    batch = make_batch(model, prompts, max_new_tokens, step.extra_slots)
+    batch = make_batch(model.config, prompts, max_new_tokens, step.extra_slots)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
     generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=compile_mode)
     return result(batch, generations)
 
 
-__all__ = ["generate_ar", "ar_step", "Generation", "TokenCallback"]
+__all__ = ["generate_ar", "ar_step"]

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-CANDIDATES = (2, 4, 8, 16, 32)  # block sizes tried (those up to the checkpoint's block_size)
 WINDOW = 64  # recent observations kept (acceptance drifts as the context grows)
 MIN_SEEN = 4  # observations at a block size >= K needed to use their average for K
 PRIOR_ACCEPT = 0.7  # before any observation: each draft accepted with this probability
@@ -148,4 +147,4 @@ def measure_step_costs(model, candidates: Sequence[int], batch_size: int = 1, co
     return costs
 
 
-__all__ = ["CANDIDATES", "expected_tokens", "geometric_tokens", "best_block_size", "BlockSizeChooser", "measure_step_costs"]
+__all__ = ["expected_tokens", "geometric_tokens", "best_block_size", "BlockSizeChooser", "measure_step_costs"]

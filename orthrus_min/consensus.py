@@ -28,45 +28,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .blocksize import CANDIDATES, BlockSizeChooser, measure_step_costs
-from .engine import Compiler, DecodeState, Generation, Step, TokenCallback, commit, decode, eos_tensor, make_batch, result
-from .errors import OrthrusError
+from .batch import Generation, make_batch, result
+from .blocksize import BlockSizeChooser, measure_step_costs
+from .config import auto_candidates, require_diffusion_view, resolve_block_size
+from .engine import Compiler, DecodeState, Step, TokenCallback, commit, decode, eos_tensor
+from .errors import ConsensusCheckError
 from .kvcache import KVCache
-from .model import Qwen3Config, Qwen3ForCausalLM, require_diffusion_view
+from .model import Qwen3ForCausalLM
 from .sampling import ACCEPT, DRAFT, TOKEN, SamplingParams, sample_from, uniforms, warp_probs
-
-
-class ConsensusCheckError(RuntimeError):
-    """`check=True` found a committed token that is not the AR view's choice: a decoder bug."""
-
-
-def resolve_block_size(config: Qwen3Config, block_size: int | str | None) -> int | str:
-    """K for this run: `block_size` if given (1 … the config's `block_size`, or "auto"), else the config's."""
-    configured = config.block_size
-    if block_size is None:
-        if configured is None:
-            raise OrthrusError("config.json has no block_size: pass a block size (--block-size K)")
-        return configured
-    if block_size == "auto":
-        if configured is None:
-            raise OrthrusError("config.json has no block_size, so 'auto' has no largest block to choose up to: pass --block-size K")
-        return block_size
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise OrthrusError(f"block size must be an int >= 1 or 'auto', got {block_size!r}")
-    if configured is not None and block_size > configured:
-        raise OrthrusError(f"block size {block_size} is larger than the checkpoint's block_size {configured} "
-                           f"(the diffusion view was trained for blocks of at most {configured} tokens)")
-    return block_size
-
-
-def auto_candidates(config: Qwen3Config) -> list[int]:
-    """The block sizes `auto` chooses from: powers of two up to the checkpoint's block_size (and that size itself)."""
-    return sorted({K for K in CANDIDATES if K <= config.block_size} | {config.block_size})
-
-
-def cache_capacity(num_prompt: int, max_new_tokens: int, block_size: int) -> int:
-    """Slots Orthrus decoding needs per row: the AR decoder's (prompt + new tokens) plus one block."""
-    return num_prompt + max_new_tokens + block_size
 
 
 def greedy_accept(draft: torch.Tensor, ar_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +169,7 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     chooser = block_size if isinstance(block_size, BlockSizeChooser) else None
     K = resolve_block_size(model.config, None if chooser else block_size)
     largest = max(chooser.candidates) if chooser else max(auto_candidates(model.config)) if K == "auto" else K
-    batch = make_batch(model, prompts, max_new_tokens, extra_slots=largest)
+    batch = make_batch(model.config, prompts, max_new_tokens, extra_slots=largest)
     if K == "auto":  # price each candidate K on this machine, at this batch size
         candidates = auto_candidates(model.config)
         chooser = BlockSizeChooser(candidates, measure_step_costs(model, candidates, len(batch.prompts)))
@@ -213,5 +182,4 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     return result(batch, generations)
 
 
-__all__ = ["generate_orthrus", "orthrus_step", "speculative_accept", "greedy_accept", "resolve_block_size", "auto_candidates",
-           "cache_capacity", "ConsensusCheckError"]
+__all__ = ["generate_orthrus", "orthrus_step", "speculative_accept", "greedy_accept"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .batch import Batch, Generation, eos_ids
 from .errors import OrthrusError
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
@@ -39,93 +40,6 @@ from .sampling import SamplingParams, pick_tokens
 TokenCallback = Callable[[int, list[int]], None]  # on_tokens(row, new tokens of that row)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CAPACITY_BUCKET = 256  # compiled decoding: cache capacities are multiples of this (fewer shapes, fewer compiles)
-
-
-@dataclass
-class Generation:
-    """What a decoder produced for one prompt: new token ids (prompt excluded) and how it got there."""
-
-    tokens: list[int]
-    finish_reason: str  # "eos" or "length"
-    num_forwards: int = 0  # model forwards after the prefill while this row was decoding (AR: 1 per step; Orthrus: 2)
-    prefill_s: float = 0.0  # time to first token
-    decode_s: float = 0.0  # everything after the first token, until this row finished
-    accepted: list[int] = field(default_factory=list)  # Orthrus: tokens committed per iteration (τ samples)
-    block_sizes: list[int] = field(default_factory=list)  # Orthrus: the block size K of each iteration
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Generated tokens over total wall-clock time (prefill included)."""
-        total = self.prefill_s + self.decode_s
-        return len(self.tokens) / total if total > 0 else float("inf")
-
-    @property
-    def tokens_per_forward(self) -> float:
-        """Tokens committed per model forward after the prefill (AR: about 1)."""
-        return (len(self.tokens) - 1) / self.num_forwards if self.num_forwards else 0.0
-
-
-# --------------------------------------------------------------------------- requests
-
-
-@dataclass
-class Batch:
-    """Checked requests: one prompt, token budget and seed per row."""
-
-    prompts: list[list[int]]
-    max_new_tokens: list[int]
-    single: bool  # the caller passed one prompt (and gets one Generation back)
-
-
-def is_single_prompt(prompts) -> bool:
-    """True for one prompt (a sequence of ints or a 1-D tensor), False for a batch of them."""
-    if isinstance(prompts, torch.Tensor):
-        return prompts.dim() == 1
-    return len(prompts) == 0 or not isinstance(prompts[0], (Sequence, torch.Tensor)) or isinstance(prompts[0], str)
-
-
-def make_batch(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Sequence[int], extra_slots: int = 0) -> Batch:
-    """Checks a prompt (list of ids) or a batch of them, with one token budget or one per row.
-
-    extra_slots: cache slots the decoder needs beyond prompt + new tokens (Orthrus: one block).
-    Raises a one-line OrthrusError naming the row for an empty prompt or batch, a bad token id,
-    a budget < 1, or a request beyond the model's context.
-    """
-    single = is_single_prompt(prompts)
-    rows = [prompts] if single else list(prompts)
-    if not rows:
-        raise OrthrusError("the batch is empty: give at least one prompt")
-    budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != len(rows):
-        raise OrthrusError(f"max_new_tokens has {len(budgets)} entries for {len(rows)} prompts")
-    V, limit = model.config.vocab_size, model.config.max_position_embeddings
-    checked = []
-    for b, (prompt, budget) in enumerate(zip(rows, budgets)):
-        where = "" if single else f"prompt {b}: "
-        ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
-        if not ids:
-            raise OrthrusError(f"{where}the prompt is empty: give at least one token")
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise OrthrusError(f"{where}token ids must be ints, got {type(next(t for t in ids if not isinstance(t, int) or isinstance(t, bool))).__name__}")
-        bad = next((t for t in ids if not 0 <= t < V), None)
-        if bad is not None:
-            raise OrthrusError(f"{where}token id {bad} is outside the model's vocabulary (0 … {V - 1})")
-        if not isinstance(budget, int) or budget < 1:
-            raise OrthrusError(f"{where}max_new_tokens must be an int >= 1, got {budget!r}")
-        if len(ids) + budget + extra_slots > limit:
-            raise OrthrusError(f"{where}prompt ({len(ids)} tokens) + max_new_tokens ({budget})"
-                               f"{f' + one block ({extra_slots})' if extra_slots else ''} exceeds the model's context of {limit} tokens")
-        checked.append(ids)
-    return Batch(checked, budgets, single)
-
-
-def eos_ids(config, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> list[int]:
-    """The ids that end a row: the argument if given, else the config's `eos_token_id`; none with ignore_eos."""
-    if ignore_eos:
-        return []
-    if eos_token_id is None:
-        return list(config.eos_token_id)
-    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
 def eos_tensor(model: Qwen3ForCausalLM, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> torch.Tensor:
@@ -299,7 +213,7 @@ def prefill(model: Qwen3ForCausalLM, cache: KVCache, batch: Batch, sampling: Sam
     lengths = torch.tensor([len(p) for p in batch.prompts], device=device)  # (B,)
     width = max(len(p) for p in batch.prompts)
     ids = torch.tensor([p + [0] * (width - len(p)) for p in batch.prompts], device=device)  # (B, P_max), right-padded
-    logits = model(ids, cache, logits_to_keep=lengths - 1)  # (B, 1, V): at each row's last prompt token
+    logits = model(ids, cache, logits_at=lengths - 1)  # (B, 1, V): at each row's last prompt token
     cache.rollback(lengths)
     return pick_tokens(logits, sampling, seeds, lengths[:, None])[:, 0]  # (B,): the tokens at positions P_b
 
@@ -372,10 +286,4 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Step, sampling: Sampling
     return out
 
 
-def result(batch: Batch, generations: list[Generation]) -> Generation | list[Generation]:
-    """One Generation for a single prompt, the list for a batch."""
-    return generations[0] if batch.single else generations
-
-
-__all__ = ["Generation", "Batch", "make_batch", "eos_ids", "eos_tensor", "DecodeState", "commit", "Step", "Compiler", "decode",
-           "result", "COMPILE_MODES", "TokenCallback"]
+__all__ = ["eos_tensor", "DecodeState", "commit", "Step", "Compiler", "decode", "COMPILE_MODES", "TokenCallback"]

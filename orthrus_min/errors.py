@@ -1,4 +1,5 @@
 """The one exception type that orthrus_min raises for bad input, and the checks of plain values that raise it.
+(And `ConsensusCheckError`: not bad input but a decoder bug, found by `check=True` / `--check`.)
 
 Every message is a single line that names what was wrong (a config field, a
 tensor, a file, a flag) so the command line can print it without a traceback.
@@ -13,6 +14,10 @@ import numbers
 
 class OrthrusError(ValueError):
     """Bad input: a checkpoint, config, prompt or generation setting we cannot use."""
+
+
+class ConsensusCheckError(RuntimeError):
+    """`check=True` found a committed token that is not the AR view's choice: a decoder bug."""
 
 
 def is_int(value) -> bool:
@@ -62,4 +67,4 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-__all__ = ["OrthrusError", "is_int", "check_int", "check_number", "check_bool", "check_text"]
+__all__ = ["OrthrusError", "ConsensusCheckError", "is_int", "check_int", "check_number", "check_bool", "check_text"]

@@ -111,8 +111,7 @@ def warn_about_unused_flags(args, temperature: float) -> None:
 
 def choose_mode(args, config) -> str:
     """The decoding mode, checked against the checkpoint's config before the (slow) weight load."""
-    from .consensus import resolve_block_size
-    from .model import require_diffusion_view
+    from .config import require_diffusion_view, resolve_block_size
 
     mode = args.mode or ("orthrus" if config.has_diffusion_view else "ar")
     if mode == "orthrus" or args.compare:
@@ -213,7 +212,7 @@ def record(prompt, out) -> dict:
 
 def run_one(args, llm, mode: str, gen_kwargs: dict, text: str) -> int:
     """One prompt: stream its continuation to stdout, then timing, --stats and --compare lines to stderr."""
-    from .consensus import ConsensusCheckError
+    from .errors import ConsensusCheckError
 
     ids = request_ids(llm, text, args.chat, args.system, False if args.no_thinking else None)
 
@@ -258,7 +257,7 @@ def run_file(args, llm, mode: str, gen_kwargs: dict, prompts) -> int:
     """A prompt file: every request checked first, then --batch-size at a time, one JSON line each, in order."""
     import time
 
-    from .consensus import resolve_block_size
+    from .config import resolve_block_size
 
     K = resolve_block_size(llm.config, args.block_size) if mode == "orthrus" else 0
     extra = llm.config.block_size if K == "auto" else K  # auto: room for its largest block
@@ -324,8 +323,9 @@ def run(args) -> int:
     else:
         require_stdout()  # started with stdout closed, there is nowhere to write
 
-    from .api import generation_defaults, load
-    from .model import DEFAULT_MODEL, Qwen3Config, resolve_checkpoint
+    from .api import load
+    from .checkpoint import DEFAULT_MODEL, generation_defaults, resolve_checkpoint
+    from .config import Qwen3Config
     from .sampling import SamplingParams
 
     folder = resolve_checkpoint(args.model if args.model is not None else default_model(DEFAULT_MODEL))

@@ -51,15 +51,10 @@ class KVCache:
         """(B, T) the slots (and positions) of a block of T new tokens: L_b … L_b+T-1 for row b."""
         return self.lengths[:, None] + self._offsets[:num_new]
 
-    def check_room(self, num_new: int) -> None:
-        """Raises a clear error when `num_new` more tokens would not fit in some row (reads the lengths: a host sync on a GPU)."""
-        longest = int(self.lengths.max())
-        if longest + num_new > self.capacity:
-            raise OrthrusError(f"KV cache is full: {longest} cached + {num_new} new tokens > capacity {self.capacity}")
-
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stores k, v (B, Hkv, T, D) in row b's slots L_b … L_b+T-1 of `layer`; returns that layer's whole
-        keys and values (B, Hkv, S, D) — views, no copy; what is valid for each row is the caller's mask's business."""
+        keys and values (B, Hkv, S, D) — views, no copy; what is valid for each row is the caller's mask's business.
+        The engine sizes the cache for every request (make_batch); a write past the capacity is torch's index error."""
         k_all, v_all = self.k[layer], self.v[layer]  # (B, Hkv, S, D)
         slots = self.slots(k.shape[2])  # (B, T)
         # Advanced indices on dims 0 and 2 put their (B, T) shape first: the target is (B, T, Hkv, D).
@@ -74,7 +69,9 @@ class KVCache:
     def rollback(self, lengths: torch.Tensor | int) -> None:
         """Keeps only the first lengths[b] entries of each row (after a rejected draft). A length change, no copy.
 
-        Checked on the CPU (a new length can only shrink a row); on a GPU the check would stall it, so it is skipped.
+        A longer length would silently attend to entries never written, so the one guard of the hot path is
+        here: checked on the CPU (a new length can only shrink a row); on a GPU, or while compiling, the check
+        would stall it for a sync, so it is skipped there.
         """
         lengths = torch.as_tensor(lengths, dtype=torch.long, device=self.lengths.device).expand_as(self.lengths)
         if self.lengths.device.type == "cpu" and not torch.compiler.is_compiling():

@@ -112,7 +112,7 @@ def encode_prompt(prompt: Prompt, tokenizer, text: str | None = None) -> list[in
 
 def default_prompts_file(folder: Path) -> Path:
     """The benchmarks' prompts of a checkpoint: its folder's heldout_prompts.jsonl, else the shipped model's."""
-    from .model import DEFAULT_MODEL
+    from .checkpoint import DEFAULT_MODEL
 
     own = Path(folder) / "heldout_prompts.jsonl"
     return own if own.exists() else DEFAULT_MODEL / "heldout_prompts.jsonl"

@@ -176,18 +176,23 @@ def read_jsonl(path: str | Path, kind: str = "JSONL file", max_bytes: int | None
         yield number, row
 
 
-def read_json_object(path: str | Path) -> dict:
-    """A JSON file that must hold an object, with one-line errors for anything else."""
+def read_json(path: str | Path):
+    """The value a JSON file holds, with one-line errors for a file that cannot be read or is not JSON."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OrthrusError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:
         raise OrthrusError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object, with one-line errors for anything else."""
+    value = read_json(path)
     if not isinstance(value, dict):
         raise OrthrusError(f"{path}: expected a JSON object, got a {type(value).__name__}")
     return value
 
 
-__all__ = ["read_jsonl", "read_json_object", "read_text", "file_chunks", "file_lines", "read_chunks", "source_name",
+__all__ = ["read_jsonl", "read_json", "read_json_object", "read_text", "file_chunks", "file_lines", "read_chunks", "source_name",
            "check_strings", "CHUNK"]

@@ -1,7 +1,7 @@
 """Block attention in Triton: K new queries over a KV cache, causal or bidirectional inside the block.
 
 This is the one attention that Orthrus (arXiv 2605.12825, §3) needs. Both views of the
-model run a block of T <= 64 new tokens at positions L … L+T-1 against the same cache:
+model run a block of T <= MAX_BLOCK (64) new tokens at positions L … L+T-1 against the same cache:
 
     keys 0 … L-1        the cached prefix, visible to every query of the block
     keys L … L+T-1      the block's own keys, written into the cache right after the prefix;
@@ -26,8 +26,8 @@ tutorial) specialised for decoding:
     one after another in key order, so a query alone (AR decoding) and inside a verify block
     gives the same bits.
 
-Read in order: the PyTorch reference -> the kernels -> the launcher that checks its inputs ->
-`block_attention`, the public function (`model.attention(..., backend="triton")` calls it).
+Read in order: the PyTorch reference -> the kernels -> the launcher -> `block_attention`, the
+public function (the model calls it when its attention backend is "triton", see `model.plan_attention`).
 
 On the CPU, Triton runs kernels only in its interpreter, and it decides when this module is
 imported: set the environment variable TRITON_INTERPRET=1 *before* `orthrus_min.triton_attn`
@@ -48,9 +48,8 @@ import triton
 import triton.language as tl
 
 from .errors import OrthrusError
-from .model import MAX_KERNEL_BLOCK
 
-MAX_BLOCK = MAX_KERNEL_BLOCK  # the most queries (T) per call (64); a longer prefill: see model.attention
+MAX_BLOCK = 64  # the most queries (T) per kernel launch; `block_attention` runs a longer causal block in pieces of this
 KEYS_PER_SPLIT = 256  # flash-decoding: keys per split, fixed, so that a query's reduction order never depends on T or the GPU
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -67,10 +66,7 @@ def reference_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    if lengths is None:
-        prefix = torch.full((B,), S - T, device=q.device)  # (B,)
-    else:
-        prefix = lengths.to(device=q.device, dtype=torch.long)  # (B,)
+    prefix = torch.full((B,), S - T, device=q.device) if lengths is None else lengths.to(q.device, torch.long)  # (B,)
     key = torch.arange(S, device=q.device)  # (S,)
     query_pos = prefix[:, None] + torch.arange(T, device=q.device)  # (B, T): absolute position of each query
     visible = (key < (prefix + T)[:, None])[:, None, :].expand(B, T, S)  # (B, T, S): keys that exist for this row
@@ -105,11 +101,9 @@ def _attend_to_tile(
     v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
     if MASKED:
         in_range = offs_n < end
-        # [BLOCK_N, BLOCK_D]
-        k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)
+        k = tl.load(k_ptrs, mask=in_range[:, None], other=0.0)  # [BLOCK_N, BLOCK_D]
     else:
-        # [BLOCK_N, BLOCK_D]
-        k = tl.load(k_ptrs)
+        k = tl.load(k_ptrs)  # [BLOCK_N, BLOCK_D]
 
     # [BLOCK_M, BLOCK_N]: scores in log2 units (qk_scale = D**-0.5 / ln 2, so exp2 gives exp)
     if ROWWISE:
@@ -132,11 +126,9 @@ def _attend_to_tile(
     l_i = l_i * alpha + tl.sum(p, 1)
 
     if MASKED:
-        # [BLOCK_N, BLOCK_D]
-        v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=in_range[:, None], other=0.0)  # [BLOCK_N, BLOCK_D]
     else:
-        # [BLOCK_N, BLOCK_D]
-        v = tl.load(v_ptrs)
+        v = tl.load(v_ptrs)  # [BLOCK_N, BLOCK_D]
     if ROWWISE:
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
     else:
@@ -183,8 +175,7 @@ def _block_attention_kernel(
     q_pos = L + i
 
     q_ptrs = Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qt + offs_d[None, :]
-    # [BLOCK_M, BLOCK_D]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)  # [BLOCK_M, BLOCK_D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -196,18 +187,12 @@ def _block_attention_kernel(
     prefix_end = start + tl.maximum(tl.minimum(end, L) - start, 0) // BLOCK_N * BLOCK_N
     k_base = K + b * stride_kb + kv_head * stride_kh
     v_base = V + b * stride_vb + kv_head * stride_vh
-    for start_n in range(start, prefix_end, BLOCK_N):
-        acc, l_i, m_i = _attend_to_tile(
-            acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
-            stride_ks, stride_vs, qk_scale,
-            CAUSAL, False, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE,
-        )
-    for start_n in range(prefix_end, end, BLOCK_N):
-        acc, l_i, m_i = _attend_to_tile(
-            acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos,
-            stride_ks, stride_vs, qk_scale,
-            CAUSAL, True, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE,
-        )
+    for start_n in range(start, prefix_end, BLOCK_N):  # MASKED=False
+        acc, l_i, m_i = _attend_to_tile(acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos, stride_ks, stride_vs,
+                                        qk_scale, CAUSAL, False, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE)
+    for start_n in range(prefix_end, end, BLOCK_N):  # MASKED=True
+        acc, l_i, m_i = _attend_to_tile(acc, l_i, m_i, q, k_base, v_base, start_n, end, q_pos, stride_ks, stride_vs,
+                                        qk_scale, CAUSAL, True, BLOCK_N, BLOCK_D, DOT_PRECISION, ROWWISE)
 
     if SPLIT:
         # Partial result of this split: normalised output and log-sum-exp (log2 units). A split
@@ -270,50 +255,23 @@ def _kernel_is_interpreted() -> bool:
 # --------------------------------------------------------------------------- launcher
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None,
-                  keys_per_split: int | None) -> None:
-    """Raises OrthrusError, naming the tensor, for anything the kernel cannot take."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.dim() != 4:
-            layout = "(B, H, T, D)" if name == "q" else "(B, Hkv, S, D)"
-            raise OrthrusError(f"block_attention: {name} must be 4-D {layout}, got shape {tuple(x.shape)}")
-    if k.shape != v.shape:
-        raise OrthrusError(f"block_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    B, H, T, D = q.shape
-    Bk, Hkv, S, Dk = k.shape
-    if Bk != B or Dk != D:
-        raise OrthrusError(f"block_attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
-    if Hkv == 0 or H % Hkv:
-        raise OrthrusError(f"block_attention: {H} query heads is not a multiple of {Hkv} KV heads")
-    if not 1 <= T <= MAX_BLOCK:
-        raise OrthrusError(f"block_attention: T={T} queries, but the kernel takes blocks of 1 to {MAX_BLOCK}; "
-                           "use the PyTorch path (attention(..., backend='torch')) for a long prefill")
-    if S < T:
-        raise OrthrusError(f"block_attention: k, v hold {S} keys, fewer than the block's own T={T}")
-    if D < 16 or D > 256 or D & (D - 1):
-        raise OrthrusError(f"block_attention: head_dim D={D} is not supported (a power of two from 16 to 256)")
-    if q.dtype not in DTYPES:
-        raise OrthrusError(f"block_attention: dtype {q.dtype} is not supported (float32, bfloat16 or float16)")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise OrthrusError(f"block_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise OrthrusError(f"block_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.stride(-1) != 1:
-            raise OrthrusError(f"block_attention: {name} must be contiguous in its last dim (stride 1), "
-                               f"got strides {tuple(x.stride())}; pass {name}.contiguous()")
-    if lengths is not None:
-        if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
-            raise OrthrusError(f"block_attention: lengths must be an int32/int64 tensor of shape ({B},), "
-                               f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
-        if lengths.device != q.device:
-            raise OrthrusError(f"block_attention: lengths is on {lengths.device}, q on {q.device}")
-        # Checking values on a GPU would stall it for a sync on every call; there the kernel
-        # clamps them into 0 … S-T instead (wrong lengths give wrong rows, never a bad read).
-        if lengths.device.type == "cpu" and B and not torch.compiler.is_compiling() and (lengths.min() < 0 or lengths.max() + T > S):
-            raise OrthrusError(f"block_attention: lengths {lengths.tolist()} out of range: each must be in 0 … S-T = {S - T}")
-    if keys_per_split is not None and (not isinstance(keys_per_split, int) or isinstance(keys_per_split, bool) or keys_per_split < 1):
-        raise OrthrusError(f"block_attention: keys_per_split must be a positive int or None, got {keys_per_split!r}")
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None,
+                 keys_per_split: int | None) -> None:
+    """What the kernel assumes of its inputs (a wrong one would read out of bounds or give a wrong result), and the
+    one thing a user can get wrong: asking for the kernel on the CPU without its interpreter."""
+    (B, H, T, D), (Hkv, S) = q.shape, k.shape[1:3]
+    assert k.shape == v.shape == (B, Hkv, S, D), \
+        f"k {tuple(k.shape)} and v {tuple(v.shape)} must be (B, Hkv, S, D) for q {tuple(q.shape)}"
+    assert H % Hkv == 0, f"{H} query heads is not a multiple of {Hkv} KV heads"
+    assert 1 <= T <= min(S, MAX_BLOCK), f"T={T} queries: the kernel takes 1 to {MAX_BLOCK}, at most S={S}"
+    assert D in (16, 32, 64, 128, 256), f"head_dim D={D}: the kernel takes a power of two from 16 to 256"
+    assert q.dtype in DTYPES and k.dtype == v.dtype == q.dtype, f"dtypes {q.dtype}, {k.dtype}, {v.dtype}: one of {DTYPES}"
+    assert k.device == v.device == q.device, f"q, k, v on {q.device}, {k.device}, {v.device}"
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "q, k, v must have stride 1 in their last dim"
+    assert lengths is None or (lengths.shape == (B,) and lengths.dtype in (torch.int32, torch.int64)
+                               and lengths.device == q.device), f"lengths must be a ({B},) int32/int64 tensor on {q.device}"
+    # A length's value is not checked (on a GPU that would stall for a sync): the kernel clamps it into 0 … S-T.
+    assert keys_per_split is None or keys_per_split >= 1, f"keys_per_split must be >= 1, got {keys_per_split}"
     if q.device.type == "cpu" and not _kernel_is_interpreted():
         raise OrthrusError("block_attention: the tensors are on the CPU, where Triton runs only in its interpreter; "
                            "set TRITON_INTERPRET=1 before orthrus_min.triton_attn is imported, or use attn='torch'")
@@ -371,11 +329,9 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, len
         GROUP=G, HAS_LENGTHS=lengths is not None, CAUSAL=causal, SPLIT=num_splits > 1,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=D,
         DOT_PRECISION="ieee",  # fp32 inputs: exact fp32 products, not TF32 (ignored for bf16/fp16)
-        # Triton's interpreter computes tl.dot with numpy's matmul, whose BLAS gives a row other bits depending on
-        # where it sits in the tile (OpenBLAS: rows 0-5 one way, 6-11 another, …), so a query would not give the same
-        # bits alone and inside a block. There the products are summed explicitly, row by row, and the tests check
-        # the kernel's own invariance (splits, tiles, masks, combine). A GPU's tl.dot computes every row of a tile
-        # with the same instructions; `bench gpu` runs the bf16 invariance tests there.
+        # The interpreter's tl.dot (numpy's BLAS) gives a row other bits depending on where it sits in the tile
+        # (OpenBLAS: rows 0-5 one way, 6-11 another, …): there the products are summed row by row, so the tests check
+        # the kernel's own invariance. A GPU's tl.dot computes every row alike (`bench gpu` tests bf16 there).
         ROWWISE=_kernel_is_interpreted(),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -395,7 +351,8 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     """Attention of a block of T new queries over a cached prefix followed by the block's own keys.
 
     Args:
-        q: (B, H, T, D) queries of the block, 1 <= T <= 64; fp32, bf16 or fp16.
+        q: (B, H, T, D) queries of the block; fp32, bf16 or fp16. T <= MAX_BLOCK, or a causal block of any
+            length (run as blocks of MAX_BLOCK queries).
         k, v: (B, Hkv, S, D) keys and values, H a multiple of Hkv, D a power of two in 16 … 256;
             may be strided views of a larger cache (only the last dim must have stride 1).
             Row b holds its prefix in slots 0 … L_b-1 and the block's own keys in L_b … L_b+T-1;
@@ -413,7 +370,14 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
     On the CPU this runs only under TRITON_INTERPRET=1 (see the module docstring).
     """
-    _check_inputs(q, k, v, lengths, keys_per_split)
+    B, T, S = q.shape[0], q.shape[2], k.shape[2]
+    if T > MAX_BLOCK and causal:
+        # A long causal block as blocks of MAX_BLOCK queries: the one from query c on is a block after
+        # L_b + c cached entries, and sees nothing of the queries after it.
+        lengths = torch.full((B,), S - T, device=q.device) if lengths is None else lengths
+        return torch.cat([block_attention(q[:, :, c : c + MAX_BLOCK], k, v, True, lengths + c, keys_per_split)
+                          for c in range(0, T, MAX_BLOCK)], dim=2)  # (B, H, T, D)
+    check_inputs(q, k, v, lengths, keys_per_split)
     return _block_attention_op(q, k, v, causal, lengths, keys_per_split)
 
 

@@ -10,7 +10,8 @@ import copy
 import torch
 
 from conftest import make_hf_model
-from orthrus_min.model import Qwen3Config, Qwen3ForCausalLM, init_diffusion_view
+from orthrus_min.config import Qwen3Config
+from orthrus_min.model import Qwen3ForCausalLM, init_diffusion_view
 
 DIFF_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import DEFAULT_MODEL, load_model
 from orthrus_min.consensus import generate_orthrus
-from orthrus_min.model import DEFAULT_MODEL, MAX_KERNEL_BLOCK, load_model
 from orthrus_helpers import make_orthrus
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -85,7 +85,7 @@ def test_a_draft_block_gives_the_same_logits_alone_and_in_a_batch(dtype):
 
 def test_fp32_by_default_keeps_the_fused_kernels():
     """`auto` turns batch invariance on for bf16/fp16 decoding only: in fp32 it would slow AR decoding down."""
-    from orthrus_min.model import batch_invariant_now
+    from orthrus_min.invariant import batch_invariant_now
 
     with torch.inference_mode():
         assert batch_invariant_now(None, torch.bfloat16) and batch_invariant_now(None, torch.float16)
@@ -127,8 +127,10 @@ def test_triton_backend_interpreted_fp32_alone_in_a_block_and_in_a_batch(T):
     """The kernel under Triton's interpreter (fp32), in the whole model; prompts longer than one kernel block (64
     queries) are prefilled in blocks of 64, so a row's prefill does not depend on its batch-mates' lengths either."""
     pytest.importorskip("triton")
+    from orthrus_min.triton_attn import MAX_BLOCK
+
     model = tiny("fp32", "triton")
-    rows = prompts([MAX_KERNEL_BLOCK + 6, 9])
+    rows = prompts([MAX_BLOCK + 6, 9])
     blocks = [r[:T] for r in prompts([T] * 2, seed=1)]
     alone = one_at_a_time(model, rows[0], blocks[0], capacity=len(rows[0]) + T)
     batched = in_a_block(model, rows[::-1], blocks[::-1], capacity=150)  # the row second, next to a shorter prompt

@@ -22,8 +22,9 @@ from orthrus_min import files
 from orthrus_min.bench import common
 from orthrus_min.bench.cli import build_parser, main
 from orthrus_min.bench.decode import long_prompt
+from orthrus_min.checkpoint import load_model, save_model
+from orthrus_min.model import init_diffusion_view
 from orthrus_min.prompts import Prompt, read_prompt_file
-from orthrus_min.model import init_diffusion_view, load_model, save_model
 from orthrus_min.tokenizer import Tokenizer
 
 MASK_ID = 3  # "<|mask|>" in conftest's tokenizer
@@ -216,7 +217,7 @@ def no_model_loads(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was found")
 
-    monkeypatch.setattr("orthrus_min.model.load_model", boom)
+    monkeypatch.setattr("orthrus_min.checkpoint.load_model", boom)
     monkeypatch.setattr("orthrus_min.bench.reference.transformers_reference", boom)
 
 

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from orthrus_min.ar import generate_ar
 from orthrus_min.blocksize import BlockSizeChooser, best_block_size, expected_tokens, geometric_tokens, measure_step_costs
-from orthrus_min.consensus import auto_candidates, generate_orthrus
+from orthrus_min.config import auto_candidates
+from orthrus_min.consensus import generate_orthrus
 from orthrus_helpers import make_orthrus
 
 # Six steps at K = 8 accepted these many drafts (7 = the whole block: no verdict after it).

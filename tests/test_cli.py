@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def orthrus_ckpt(tmp_path_factory):
     """An Orthrus checkpoint (block_size 8) with a tokenizer and the Qwen3 chat template."""
     from conftest import make_tokenizer_files
-    from orthrus_min.model import save_model
+    from orthrus_min.checkpoint import save_model
 
     folder = tmp_path_factory.mktemp("orthrus")
     _, model = make_orthrus(5, "copied", block_size=8, mask_token_id=3, eos_token_id=2)

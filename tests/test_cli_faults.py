@@ -29,7 +29,7 @@ has_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs 
 def endless(tmp_path_factory):
     """An Orthrus checkpoint with no EOS token: it always generates its whole --max-new-tokens."""
     from conftest import make_tokenizer_files
-    from orthrus_min.model import save_model
+    from orthrus_min.checkpoint import save_model
 
     folder = tmp_path_factory.mktemp("endless")
     _, model = make_orthrus(5, "copied", block_size=8, mask_token_id=3, eos_token_id=None)

@@ -11,9 +11,9 @@ import json
 import pytest
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import DEFAULT_MODEL, load_model
 from orthrus_min.consensus import generate_orthrus
 from orthrus_min.engine import CAPACITY_BUCKET
-from orthrus_min.model import DEFAULT_MODEL, load_model
 from orthrus_min.sampling import SamplingParams
 from orthrus_min.tokenizer import Tokenizer
 from orthrus_helpers import capture_caches, make_orthrus

@@ -17,9 +17,11 @@ import orthrus_min.consensus as consensus
 from conftest import make_tokenizer_files
 from orthrus_min import OrthrusError
 from orthrus_min.ar import generate_ar
-from orthrus_min.consensus import ConsensusCheckError, cache_capacity, generate_orthrus
+from orthrus_min.checkpoint import load_model, save_model
+from orthrus_min.config import cache_capacity
+from orthrus_min.consensus import generate_orthrus
+from orthrus_min.errors import ConsensusCheckError
 from orthrus_min.generate import main
-from orthrus_min.model import load_model, save_model
 from orthrus_min.sampling import SamplingParams
 from orthrus_helpers import capture_caches, make_orthrus, ours_from_hf
 

@@ -11,9 +11,9 @@ import torch
 from orthrus_min import api
 from orthrus_min.api import default_threads, load
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import save_model
 from orthrus_min.engine import Compiler
 from orthrus_min.generate import main
-from orthrus_min.model import save_model
 from orthrus_helpers import make_orthrus
 
 

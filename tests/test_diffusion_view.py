@@ -13,8 +13,10 @@ from safetensors.torch import load_file, save_file
 from conftest import save_checkpoint
 from orthrus_min import OrthrusError
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import load_model, save_model
+from orthrus_min.config import require_diffusion_view
 from orthrus_min.consensus import generate_orthrus
-from orthrus_min.model import init_diffusion_view, load_model, require_diffusion_view, save_model
+from orthrus_min.model import init_diffusion_view
 from orthrus_min.sampling import SamplingParams
 from orthrus_helpers import DIFF_NAMES, hf_diffusion_twin, hf_draft_logits, make_orthrus, ours_from_hf
 

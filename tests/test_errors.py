@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import load_model
+from orthrus_min.config import Qwen3Config
 from orthrus_min.errors import OrthrusError
-from orthrus_min.model import Qwen3Config, load_model
 from orthrus_min.sampling import SamplingParams
 
 

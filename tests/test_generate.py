@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import load_model
 from orthrus_min.generate import main
-from orthrus_min.model import load_model
 from orthrus_min.sampling import TOKEN, SamplingParams, sample_from, uniforms, warp_probs
 from orthrus_min.tokenizer import Tokenizer
 

@@ -33,10 +33,10 @@ from conftest import save_checkpoint  # noqa: E402
 from orthrus_helpers import make_orthrus  # noqa: E402
 from orthrus_min import OrthrusError  # noqa: E402
 from orthrus_min.ar import generate_ar as torch_generate_ar  # noqa: E402
-from orthrus_min.consensus import ConsensusCheckError  # noqa: E402
+from orthrus_min.checkpoint import DEFAULT_MODEL, save_model  # noqa: E402
+from orthrus_min.checkpoint import load_model as torch_load_model  # noqa: E402
 from orthrus_min.consensus import generate_orthrus as torch_generate_orthrus  # noqa: E402
-from orthrus_min.model import DEFAULT_MODEL, save_model  # noqa: E402
-from orthrus_min.model import load_model as torch_load_model  # noqa: E402
+from orthrus_min.errors import ConsensusCheckError  # noqa: E402
 from orthrus_min.mlx import check_backend_args, generate_ar, generate_orthrus, load_model  # noqa: E402
 from orthrus_min.mlx.consensus import speculative_accept  # noqa: E402
 from orthrus_min.mlx.sampling import ACCEPT, DRAFT, TOKEN, sample_from, to_device, uniforms, warp_probs  # noqa: E402

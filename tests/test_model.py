@@ -12,7 +12,8 @@ import torch
 
 from conftest import make_hf_model, save_checkpoint
 from orthrus_min.ar import generate_ar
-from orthrus_min.model import Qwen3Config, load_model
+from orthrus_min.checkpoint import load_model
+from orthrus_min.config import Qwen3Config
 
 CONFIGS = {
     # name: overrides of tiny_config(); together they cover GQA 1/2/4, head_dim != hidden/heads,

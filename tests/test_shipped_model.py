@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import DEFAULT_MODEL, load_model
 from orthrus_min.consensus import generate_orthrus
 from orthrus_min.generate import main
-from orthrus_min.model import DEFAULT_MODEL, load_model
 from orthrus_min.tokenizer import Tokenizer
 
 

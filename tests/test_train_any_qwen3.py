@@ -9,9 +9,9 @@ import json
 import torch
 
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import load_model
 from orthrus_min.consensus import generate_orthrus
 from orthrus_min.generate import main as generate_main
-from orthrus_min.model import load_model
 from orthrus_min.tokenizer import Tokenizer
 from orthrus_min.train.chat import generation_prompt
 from train_helpers import CHAT_DATA, run_module, tiny_base

@@ -160,7 +160,7 @@ def test_the_documented_commands_still_parse():
     import re
     import shlex
 
-    from orthrus_min.model import DEFAULT_MODEL
+    from orthrus_min.checkpoint import DEFAULT_MODEL
 
     card = (DEFAULT_MODEL / "README.md").read_text()
     readme = (DEFAULT_MODEL.parent.parent.parent / "README.md").read_text()

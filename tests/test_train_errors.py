@@ -304,8 +304,9 @@ def test_resume_from_non_finite_weights_is_refused(root, tmp_path, capsys):
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
+    from orthrus_min.config import Qwen3Config
     from orthrus_min.errors import OrthrusError
-    from orthrus_min.model import Qwen3Config, Qwen3ForCausalLM
+    from orthrus_min.model import Qwen3ForCausalLM
 
     from conftest import tiny_config
 

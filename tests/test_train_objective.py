@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orthrus_min.model import Qwen3Config, Qwen3ForCausalLM, init_diffusion_view
+from orthrus_min.config import Qwen3Config
+from orthrus_min.model import Qwen3ForCausalLM, init_diffusion_view
 from orthrus_min.train import MODEL_PRESETS, distill_loss, dual_forward
 from orthrus_min.train.corpus import documents_from_lists
 from orthrus_min.train.distill import sample_anchors

@@ -12,8 +12,8 @@ import torch
 
 import orthrus_min.ar as ar
 from orthrus_min.ar import generate_ar
+from orthrus_min.checkpoint import load_model
 from orthrus_min.generate import main as generate_main
-from orthrus_min.model import load_model
 from orthrus_min.tokenizer import Tokenizer
 from orthrus_min.train import main
 from orthrus_min.train.chat import generation_prompt

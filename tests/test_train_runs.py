@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import TEXT
+from orthrus_min.checkpoint import load_model
 from orthrus_min.consensus import generate_orthrus
-from orthrus_min.model import load_model
 from orthrus_min.tokenizer import Tokenizer
 from orthrus_min.train import main
 from orthrus_min.train.corpus import tokenize_source

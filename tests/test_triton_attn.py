@@ -19,9 +19,10 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from orthrus_min import triton_attn  # noqa: E402
+from orthrus_min.config import Qwen3Config  # noqa: E402
 from orthrus_min.errors import OrthrusError  # noqa: E402
 from orthrus_min.kvcache import KVCache  # noqa: E402
-from orthrus_min.model import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from orthrus_min.model import Qwen3ForCausalLM  # noqa: E402
 from orthrus_min.triton_attn import block_attention, reference_block_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -169,20 +170,20 @@ def test_model_logits_triton_equal_torch():
         assert max_err(k_triton[:, :, :98], k_torch[:, :, :98]) <= TOL
 
 
-# --------------------------------------------------------------------------- wrapper errors
+# --------------------------------------------------------------------------- what the kernel assumes of its inputs
 
 
 def _bad_inputs(name: str):
     q, k, v = make_qkv(2, 4, 2, 3, 10, 16)
-    lengths = None
+    lengths, causal = None, True
     if name == "q-not-4d":
         q = q[0]
     elif name == "kv-shapes-differ":
         v = v[:, :, :9]
     elif name == "heads-not-multiple":
         q = torch.randn(2, 3, 3, 16, device=DEVICE)
-    elif name == "block-too-long":
-        q, k, v = make_qkv(1, 2, 2, 65, 70, 16)
+    elif name == "bidirectional-block-too-long":
+        (q, k, v), causal = make_qkv(1, 2, 2, 65, 70, 16), False
     elif name == "fewer-keys-than-block":
         k, v = k[:, :, :2], v[:, :, :2]
     elif name == "head-dim-48":
@@ -197,39 +198,54 @@ def _bad_inputs(name: str):
         lengths = torch.tensor([7], device=DEVICE)
     elif name == "lengths-float":
         lengths = torch.tensor([7.0, 7.0], device=DEVICE)
-    elif name == "lengths-out-of-range":
-        lengths = torch.tensor([7, 8], device="cpu")
-        q, k, v = q.cpu(), k.cpu(), v.cpu()
-    return q, k, v, lengths
+    return q, k, v, lengths, causal
 
 
-ERROR_CASES = {
-    "q-not-4d": r"q must be 4-D \(B, H, T, D\), got shape \(4, 3, 16\)",
-    "kv-shapes-differ": r"k and v must have the same shape",
-    "heads-not-multiple": r"3 query heads is not a multiple of 2 KV heads",
-    "block-too-long": r"T=65 queries, but the kernel takes blocks of 1 to 64",
-    "fewer-keys-than-block": r"k, v hold 2 keys, fewer than the block's own T=3",
-    "head-dim-48": r"head_dim D=48 is not supported \(a power of two from 16 to 256\)",
-    "dtype-float64": r"dtype torch.float64 is not supported",
-    "dtypes-differ": r"q, k, v must share one dtype",
-    "last-dim-strided": r"q must be contiguous in its last dim \(stride 1\)",
-    "lengths-shape": r"lengths must be an int32/int64 tensor of shape \(2,\)",
-    "lengths-float": r"lengths must be an int32/int64 tensor",
-    "lengths-out-of-range": r"lengths \[7, 8\] out of range: each must be in 0 … S-T = 7",
+INPUT_ERRORS = {  # inputs that would read out of bounds or give a wrong result: an assert, before the launch
+    "q-not-4d": (ValueError, r"not enough values to unpack \(expected 4, got 3\)"),
+    "kv-shapes-differ": (AssertionError, r"k \(2, 2, 10, 16\) and v \(2, 2, 9, 16\) must be \(B, Hkv, S, D\)"),
+    "heads-not-multiple": (AssertionError, r"3 query heads is not a multiple of 2 KV heads"),
+    "bidirectional-block-too-long": (AssertionError, r"T=65 queries: the kernel takes 1 to 64"),
+    "fewer-keys-than-block": (AssertionError, r"T=3 queries: the kernel takes 1 to 64, at most S=2"),
+    "head-dim-48": (AssertionError, r"head_dim D=48: the kernel takes a power of two from 16 to 256"),
+    "dtype-float64": (AssertionError, r"dtypes torch.float64, torch.float64, torch.float64"),
+    "dtypes-differ": (AssertionError, r"dtypes torch.float32, torch.float16, torch.float32"),
+    "last-dim-strided": (AssertionError, r"q, k, v must have stride 1 in their last dim"),
+    "lengths-shape": (AssertionError, r"lengths must be a \(2,\) int32/int64 tensor"),
+    "lengths-float": (AssertionError, r"lengths must be a \(2,\) int32/int64 tensor"),
 }
 
 
-@pytest.mark.parametrize("name", list(ERROR_CASES))
-def test_wrapper_errors(name):
-    q, k, v, lengths = _bad_inputs(name)
-    with pytest.raises(OrthrusError, match=ERROR_CASES[name]):
-        block_attention(q, k, v, True, lengths=lengths)
+@pytest.mark.parametrize("name", list(INPUT_ERRORS))
+def test_inputs_the_kernel_cannot_take(name):
+    q, k, v, lengths, causal = _bad_inputs(name)
+    error, message = INPUT_ERRORS[name]
+    with pytest.raises(error, match=message):
+        block_attention(q, k, v, causal, lengths=lengths)
 
 
 def test_keys_per_split_must_be_positive():
     q, k, v = make_qkv(1, 2, 2, 3, 10, 16)
-    with pytest.raises(OrthrusError, match="keys_per_split must be a positive int or None, got 0"):
+    with pytest.raises(AssertionError, match="keys_per_split must be >= 1, got 0"):
         block_attention(q, k, v, True, keys_per_split=0)
+
+
+def test_lengths_out_of_range_are_clamped_never_read_past():
+    """A length's value is not checked (that would be a host sync on a GPU): the kernel clamps it into 0 … S-T."""
+    q, k, v = make_qkv(2, 4, 2, 3, 10, 16)
+    clamped = block_attention(q, k, v, True, lengths=torch.tensor([7, 7], device=DEVICE))
+    assert torch.equal(block_attention(q, k, v, True, lengths=torch.tensor([7, 8], device=DEVICE)), clamped)
+    assert torch.equal(block_attention(q, k, v, True, lengths=torch.tensor([-5, 0], device=DEVICE)),
+                       block_attention(q, k, v, True, lengths=torch.tensor([0, 0], device=DEVICE)))
+
+
+def test_a_long_causal_block_runs_in_pieces():
+    """T > MAX_BLOCK, causal (a long prefill): blocks of MAX_BLOCK queries, each after the queries before it."""
+    B, H, Hkv, T, L, D = 2, 2, 1, triton_attn.MAX_BLOCK + 6, 5, 16
+    q, k, v = make_qkv(B, H, Hkv, T, L + T, D, seed=5)
+    lengths = torch.tensor([L, 2], device=DEVICE)
+    out = block_attention(q, k, v, True, lengths=lengths)
+    assert out.shape == q.shape and max_err(out, reference_block_attention(q, k, v, True, lengths=lengths)) <= TOL
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the CPU-without-interpreter message")

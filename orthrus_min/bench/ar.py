@@ -25,7 +25,8 @@ from .reference import MISSING
 def bench_ar(args) -> tuple[dict, str]:
     """Tokens/s of our AR decoder and of Transformers `generate`, their ratio, and whether the outputs match.
     Returns (result for the JSON, Markdown report)."""
-    from ..model import Qwen3Config, load_model, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..checkpoint import load_model, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..config import Qwen3Config
     from .reference import transformers_reference
 
     if not has_package("transformers"):

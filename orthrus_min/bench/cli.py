@@ -42,7 +42,7 @@ def layout_list(text: str) -> list[str]:
 
 def add_model_args(sp: argparse.ArgumentParser, command: str, repeats_help: str, repeats_default: int | None) -> None:
     """Flags of every command that runs a model: which model, where, how, and where the results go."""
-    from ..model import DEFAULT_MODEL
+    from ..checkpoint import DEFAULT_MODEL
 
     sp.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub id (default: the shipped model)")
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when available (default: auto)")
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_gpu_parser(sub, fmt) -> None:
     """The `gpu` command: every section of gpu.py, one report."""
-    from ..model import DEFAULT_MODEL
+    from ..checkpoint import DEFAULT_MODEL
     from .gpu import SECTIONS, section_list
     from .gpu import __doc__ as gpu_doc
 

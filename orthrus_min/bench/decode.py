@@ -260,8 +260,7 @@ SWEEPS: dict[str, Callable[[Bench], list[dict]]] = {  # JSON key: sweep, run in 
 
 def settings_from(args, config) -> dict:
     """The run's settings: flags, else the FULL (or SMOKE) defaults, clipped to what the checkpoint allows."""
-    from ..consensus import resolve_block_size
-    from ..model import require_diffusion_view
+    from ..config import require_diffusion_view, resolve_block_size
 
     require_diffusion_view(config)
     table = SMOKE if args.smoke else FULL
@@ -313,7 +312,8 @@ def select_prompts(prompts: list[Prompt], tokenizer, s: dict, context: int) -> t
 def bench_decode(args) -> tuple[dict, str]:
     """`bench orthrus` / `bench all`: the main table and the sweeps (and, for `all`, the forward section); writes the plot
     to OUT/bench_<command>.png when matplotlib is installed. Returns (result for the JSON, Markdown report)."""
-    from ..model import Qwen3Config, load_model, num_parameters, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..checkpoint import load_model, num_parameters, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..config import Qwen3Config
     from ..tokenizer import Tokenizer
     from .decode_report import decode_report, plot
     from .forward import forward_report, forward_section, forward_settings, roofline
@@ -350,7 +350,7 @@ def bench_decode(args) -> tuple[dict, str]:
     result = {
         "command": args.command, "schema_version": 1, "machine": machine_line(info), "machine_info": info,
         "settings": {"model": str(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                     "attn": model.model.layers[0].self_attn.attn_backend, "compile": args.compile,
+                     "attn": model.attn_backend, "compile": args.compile,
                      "compile_mode": decoding.compile_mode, "compile_transformers": bool(use_ref and args.compile_transformers),
                      "smoke": args.smoke, "prompts_file": str(prompts_file), "num_prompts": len(selected),
                      "skipped_prompts": skipped, "params_ar": num_parameters(model) - params_diff, "params_diffusion": params_diff,

@@ -78,7 +78,7 @@ def _block_size(model, block_size):
     if block_size != "auto":
         return lambda batch_size: block_size
     from ..blocksize import BlockSizeChooser, measure_step_costs
-    from ..consensus import auto_candidates
+    from ..config import auto_candidates
 
     candidates, costs = auto_candidates(model.config), {}
 

@@ -178,7 +178,8 @@ def decode_seconds(run) -> float:
 def bench_forward(args) -> tuple[dict, str]:
     """`bench forward`: the latency table, then AR decode on a random prompt (ours, Transformers) vs the roofline.
     Returns (result for the JSON, Markdown report)."""
-    from ..model import Qwen3Config, load_model, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..checkpoint import load_model, resolve_checkpoint, resolve_device, resolve_dtype
+    from ..config import Qwen3Config
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -206,7 +207,7 @@ def bench_forward(args) -> tuple[dict, str]:
         prepare_compiled(ref, compile_mode_of(args, transformers=True))
         methods = {"transformers": transformers_method(ref, model, d), **methods}
     info = machine_info(device)
-    attn = model.model.layers[0].self_attn.attn_backend
+    attn = model.attn_backend
     progress("per-forward latency")
     section = forward_section(model, device, settings)
 

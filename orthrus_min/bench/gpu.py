@@ -68,7 +68,7 @@ class Context:
     """The run's settings and what sections share: the device, the shipped model's prompts, the random model."""
 
     def __init__(self, args, device: torch.device):
-        from ..model import resolve_checkpoint
+        from ..checkpoint import resolve_checkpoint
 
         self.args, self.device, self.s = args, device, dict(SMOKE if args.smoke else FULL)
         self.cuda = device.type == "cuda"
@@ -78,7 +78,7 @@ class Context:
 
     def shipped(self, dtype: torch.dtype):
         """The --model checkpoint in `dtype` on the device (attention: triton on CUDA when installed, else torch)."""
-        from ..model import load_model
+        from ..checkpoint import load_model
 
         return load_model(self.folder, dtype=dtype, device=self.device)
 
@@ -181,7 +181,8 @@ def section_invariance(ctx: Context) -> dict:
 
 def _probe_dtype(ctx: Context, dtype: torch.dtype, streams: list[list[int]]) -> tuple[list[dict], dict]:
     """section_invariance's rows and checks for one dtype."""
-    from ..model import additive_mask, block_mask, invariant_attention
+    from ..invariant import additive_mask, invariant_attention
+    from ..model import block_mask
 
     model = ctx.shipped(dtype)
     c, device, n, P = model.config, ctx.device, ctx.s["probe_tokens"], 100
@@ -708,7 +709,7 @@ def report(result: dict) -> str:
 
 def bench_gpu(args) -> tuple[dict, str]:
     """`bench gpu`: the sections asked for, on --device. Returns (result for the JSON, Markdown report)."""
-    from ..model import resolve_device
+    from ..checkpoint import resolve_device
 
     device = resolve_device(args.device)
     if args.compile_mode is None:

@@ -40,7 +40,8 @@ def check_model_out(out: Path, overwrite: bool) -> None:
 
 def random_qwen3(preset: str, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """A random Qwen3 of a preset shape, built and initialised on `device` in `dtype` (in eval mode, no gradients)."""
-    from ..model import Qwen3Config, Qwen3ForCausalLM
+    from ..config import Qwen3Config
+    from ..model import Qwen3ForCausalLM
 
     fields = dict(model_type="qwen3", max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1e6, eos_token_id=1,
                   **PRESETS[preset])
@@ -58,7 +59,7 @@ def random_qwen3(preset: str, seed: int = 0, device: torch.device | str = "cpu",
 def make_random_model(preset: str, out: Path, seed: int = 0) -> Path:
     """Writes a random Qwen3 checkpoint (config.json + model.safetensors) of a preset shape to `out`: into a temporary
     folder first, then each file renamed into place, so a failed write (a full disk) leaves no half-written file."""
-    from ..model import save_model
+    from ..checkpoint import save_model
 
     model = random_qwen3(preset, seed)
     tmp = None

@@ -25,7 +25,8 @@ def transformers_reference(folder: Path, dtype: torch.dtype, device: torch.devic
         raise OrthrusError(MISSING) from None
     from safetensors.torch import load_file
 
-    from ..model import Qwen3Config, safetensors_files
+    from ..checkpoint import safetensors_files
+    from ..config import Qwen3Config
 
     cfg = Qwen3Config.from_json(folder / "config.json").to_dict()
     for key in ("model_type", "block_size", "mask_token_id"):

@@ -10,9 +10,10 @@ Module for module, it mirrors the torch package:
 | `orthrus_min.ar`         | `orthrus_min.mlx.ar`          |
 | `orthrus_min.consensus`  | `orthrus_min.mlx.consensus`   |
 
-plus `orthrus_min.mlx.backend` (the import guard, devices, dtypes, flag checks). Config,
-checkpoint lookup, block-size and request checks, `Generation` and `SamplingParams` are the
-torch side's own. Usage, batch size 1:
+plus `orthrus_min.mlx.backend` (the import guard, devices, dtypes, flag checks). The config and
+block-size checks (`orthrus_min.config`), checkpoint lookup (`orthrus_min.checkpoint`), request
+checks and `Generation` (`orthrus_min.batch`) and `SamplingParams` are the torch side's own; the
+torch network, engine and decoders are never imported. Usage, batch size 1:
 
     from orthrus_min.mlx import load_model, generate_orthrus
     model = load_model("orthrus_min/assets/orthrus-stdlib-tiny", dtype="float32")

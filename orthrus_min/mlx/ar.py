@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from ..engine import Generation, eos_ids, make_batch
+from ..batch import Generation, eos_ids, make_batch
 from .backend import require_mlx
 from .model import Qwen3ForCausalLM
 from .sampling import SamplingParams, pick_token, row_seed
@@ -28,7 +28,7 @@ def generate_ar(model: Qwen3ForCausalLM, prompt_ids: Sequence[int], max_new_toke
     Stops at the first id in `eos_token_id` (default: the config's; it is emitted) unless
     `ignore_eos`. `on_tokens(0, [token])` is called with each new token.
     """
-    prompt_ids = make_batch(model, prompt_ids, max_new_tokens).prompts[0]  # checked, as the torch decoders check it
+    prompt_ids = make_batch(model.config, prompt_ids, max_new_tokens).prompts[0]  # checked, as the torch decoders check it
     eos = set(eos_ids(model.config, eos_token_id, ignore_eos))
     seed = None if sampling.greedy else row_seed(sampling)
     P = len(prompt_ids)

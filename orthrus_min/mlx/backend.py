@@ -1,6 +1,6 @@
 """Where and how the MLX backend runs: the import guard, the device, the dtype, the command-line flags.
 
-Mirrors the device / dtype half of `orthrus_min/model.py` (`resolve_device`, `resolve_dtype`) for
+Mirrors the device / dtype half of `orthrus_min/checkpoint.py` (`resolve_device`, `resolve_dtype`) for
 MLX. MLX has two devices: the Apple-silicon GPU (Metal) and the CPU; on Linux only the CPU
 backend exists (`pip install "mlx[cpu]"`). Nothing here imports MLX at module import time,
 so `check_backend_args` and the "MLX is not installed" error work without it.

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..consensus import ConsensusCheckError, cache_capacity, resolve_block_size
-from ..engine import Generation, eos_ids, make_batch
-from ..model import require_diffusion_view
+from ..batch import Generation, eos_ids, make_batch
+from ..config import cache_capacity, require_diffusion_view, resolve_block_size
+from ..errors import ConsensusCheckError
 from .ar import TokenCallback
 from .backend import require_mlx
 from .model import Qwen3ForCausalLM
@@ -120,7 +120,7 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompt_ids: Sequence[int], max_new
     """
     require_diffusion_view(model.config)
     K = resolve_block_size(model.config, block_size)
-    prompt_ids = make_batch(model, prompt_ids, max_new_tokens, extra_slots=K).prompts[0]  # checked as on the torch side
+    prompt_ids = make_batch(model.config, prompt_ids, max_new_tokens, extra_slots=K).prompts[0]  # checked as on the torch side
     eos = set(eos_ids(model.config, eos_token_id, ignore_eos))
     seed = None if sampling.greedy else row_seed(sampling)
     P, mask_id = len(prompt_ids), model.config.mask_token_id

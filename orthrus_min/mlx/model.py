@@ -2,8 +2,8 @@
 
 Mirrors `orthrus_min/model.py` class for class and parameter name for parameter name, so the
 same checkpoints load with the same strict name check and the two files read side by side:
-config (reused) -> RMSNorm -> RoPE -> attention (both views) -> MLP -> decoder layer -> model
--> loading from safetensors (`mx.load`).
+RMSNorm -> RoPE -> attention (both views) -> MLP -> decoder layer -> model, then loading from
+safetensors (`mx.load`; the config and checkpoint lookup are config.py's and checkpoint.py's).
 
 The two views differ in exactly three things (see `Qwen3Attention.__call__`):
   * which projections make q, k, v and the output   (`*_proj` or `*_proj_diff`)
@@ -21,8 +21,9 @@ import os
 
 import numpy as np
 
+from ..checkpoint import check_finite, check_names, resolve_checkpoint, safetensors_files
+from ..config import NO_DIFFUSION_VIEW, VIEWS, Qwen3Config
 from ..errors import OrthrusError
-from ..model import VIEWS, NO_DIFFUSION_VIEW, Qwen3Config, check_finite, resolve_checkpoint, safetensors_files
 from .backend import require_mlx, resolve_device, resolve_dtype
 
 mx = require_mlx()  # a one-line OrthrusError naming the extra to install when MLX is missing
@@ -270,15 +271,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | None = "auto", devi
                 continue
             state[name] = tensor if tensor.dtype == dt else tensor.astype(dt)
     missing = sorted(set(expected) - set(state) - {m.split(" ")[0] for m in misshaped})
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(sorted(unexpected)[:8])}{' …' if len(unexpected) > 8 else ''}")
-    if misshaped:
-        problems.append("wrong shapes: " + "; ".join(misshaped[:8]))
-    if problems:
-        raise OrthrusError(f"{folder}: checkpoint does not match config.json — " + " | ".join(problems))
+    check_names(folder, missing, unexpected, misshaped)
     if check_weights:
         with mx.stream(dev):
             check_finite(folder, [name for name, t in state.items() if not mx.all(mx.isfinite(t)).item()])

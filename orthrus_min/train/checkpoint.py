@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import save_model
 from ..errors import OrthrusError
 from ..files import WriteFailed, check_replaceable, check_writable_folder, io_reason, kind_of, listing, own_layout, remove_output
-from ..model import Qwen3ForCausalLM, save_model
+from ..model import Qwen3ForCausalLM
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "training_state.pt"

@@ -15,8 +15,8 @@ from datetime import timedelta
 
 import torch
 
+from ..checkpoint import resolve_device
 from ..errors import OrthrusError
-from ..model import resolve_device
 
 # Rank 0 may tokenize the data or generate self-distillation sequences while the others wait in a barrier.
 GROUP_TIMEOUT = timedelta(minutes=60)

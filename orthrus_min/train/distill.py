@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checkpoint import num_parameters
 from ..errors import OrthrusError
-from ..model import Qwen3ForCausalLM, num_parameters
+from ..model import Qwen3ForCausalLM
 from .dist import Dist
 from .evaluate import acceptance_sums
 from .objective import block_weights, distill_loss, distill_weight, dual_forward

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import save_model
 from ..errors import OrthrusError
-from ..model import save_model
 from ..files import WriteFailed, io_reason, listing
 from .checkpoint import (check_finite_weights, copy_tokenizer, latest_checkpoint, load_state, load_tensors, non_finite, rng_state, save_checkpoint,
                          set_rng_state)

@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from ..model import Qwen3Config, Qwen3ForCausalLM
+from ..config import Qwen3Config
+from ..model import Qwen3ForCausalLM
 
 GiB = 2**30
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import Qwen3Config, Qwen3ForCausalLM
+from ..config import Qwen3Config
+from ..model import Qwen3ForCausalLM
 from .dist import Dist
 from .objective import causal_document_mask, next_token_loss, next_token_weights
 from .packing import Pool, RowStream, Rows, plan_epoch, make_rows, rows_of

@@ -199,8 +199,7 @@ def merge(out: Path, requests: list[Request]) -> int:
 def regenerate(args, dist) -> None:
     """The stage: answer every prompt not yet answered with the base model's greedy decoding, then merge."""
     from ..ar import generate_ar
-    from ..api import generation_defaults
-    from ..model import load_model, resolve_checkpoint
+    from ..checkpoint import generation_defaults, load_model, resolve_checkpoint
     from ..tokenizer import Tokenizer
     from .progress import Progress
 

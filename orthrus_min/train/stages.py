@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import load_model, resolve_checkpoint, resolve_dtype
+from ..config import Qwen3Config
 from ..errors import OrthrusError
-from ..model import Qwen3Config, init_diffusion_view, load_model, resolve_checkpoint, resolve_dtype
+from ..model import init_diffusion_view
 from .checkpoint import (MODEL_OUTPUTS, TOKENIZER_OUTPUTS, check_out_folder, check_writable, clear_run_outputs,
                          load_state)
 from .corpus import end_of_text_id
@@ -351,7 +353,7 @@ def run_tokenizer(args) -> None:
 
 def run_export(args) -> None:
     """A shipping copy of a checkpoint: weights in --dtype, config, tokenizer files."""
-    from ..model import num_parameters
+    from ..checkpoint import num_parameters
 
     check_out_folder(args.out, False, args.overwrite, MODEL_OUTPUTS, can_resume=False)
     folder = resolve_checkpoint(args.model)

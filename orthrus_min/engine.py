@@ -132,14 +132,18 @@ class Compiler:
         if fn not in self._compiled:
             compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode)
 
+            # Both settings are read at compile time, which happens inside the call. `freezing` folds the frozen
+            # weights into the graph as constants, so that inductor can pre-pack them and tune its own matmul
+            # kernels: worth it for max-autotune, but a frozen graph bypasses inductor's on-disk cache, so every
+            # run would compile again (measured: a second run's first call 27 s frozen, 6 s not; steady speed
+            # within 10%). Every (model, batch, block, capacity, greedy-or-sampled) combination is its own
+            # graph: allow many more than dynamo's default of 8 per function, past which it would silently
+            # run the step eagerly.
+            freeze = self.mode.startswith("max-autotune")
+
             @functools.wraps(fn)
             def run(*args, **kwargs):
-                # Both settings are read at compile time, which happens inside this call. `freezing` folds the
-                # frozen weights into the graph as constants, so that inductor can pre-pack them and generate
-                # its own matmul kernels. Every (model, batch, block, capacity, greedy-or-sampled) combination
-                # is its own graph: allow many more than dynamo's default of 8 per function, past which it
-                # would silently run the step eagerly.
-                with torch._inductor.config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=256):
+                with torch._inductor.config.patch(freezing=freeze), torch._dynamo.config.patch(recompile_limit=256):
                     return compiled_fn(*args, **kwargs)
 
             self._compiled[fn] = run
@@ -152,8 +156,9 @@ class Compiler:
             return
         self._shapes.add(shape)
         block = f", block size {args['block_size']}" if "block_size" in args else ""
+        cache = "max-autotune compiles anew every run" if self.mode.startswith("max-autotune") else "later runs reuse the compile cache"
         self.notify(f"compiling {fn.__name__} ({self.mode}) for batch {batch_size}{block}, capacity {capacity}: the first "
-                    "call of each shape takes a while; later runs reuse the compile cache")
+                    f"call of each shape takes a while; {cache}")
 
     def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
         """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""

@@ -151,8 +151,10 @@ class Compiler:
 
     def announce(self, fn: Callable, batch_size: int, args: dict, capacity: int) -> None:
         """Tells `notify`, once per shape, that a step is about to be compiled for it (a compile takes seconds to minutes)."""
+        if self.mode is None or self.notify is None:
+            return
         shape = (fn, batch_size, capacity, *sorted(args.items()))
-        if self.mode is None or self.notify is None or shape in self._shapes:
+        if shape in self._shapes:
             return
         self._shapes.add(shape)
         block = f", block size {args['block_size']}" if "block_size" in args else ""
@@ -268,8 +270,8 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Step, sampling: Sampling
         rows = to_host(run, kept[:, None], state.done[:, None], *flags)  # the one host sync of the step
         R = run.shape[1]
         if step.tuner is not None:  # what the step showed, from the rows that go on decoding (not cut by EOS or budget)
-            step.tuner.observe_step(args, [row[R] for b, row in enumerate(rows) if not done[b] and not row[R + 1]],
-                               time.perf_counter() - t_step)
+            going_on = [row[R] for b, row in enumerate(rows) if not done[b] and not row[R + 1]]
+            step.tuner.observe_step(args, going_on, time.perf_counter() - t_step)
         for b, row in enumerate(rows):
             if done[b]:
                 continue

@@ -47,6 +47,18 @@ def make_orthrus(seed: int = 0, diffusion: str = "random", block_size: int = 32,
     return hf, model
 
 
+def orthrus_checkpoint(folder, seed: int = 5, diffusion: str = "copied", block_size: int = 8, mask_token_id: int = 3,
+                       **overrides):
+    """Saves a tiny Orthrus checkpoint (`make_orthrus`) with a tokenizer and the Qwen3 chat template into `folder`."""
+    from conftest import make_tokenizer_files
+    from orthrus_min.checkpoint import save_model
+
+    _, model = make_orthrus(seed, diffusion, block_size=block_size, mask_token_id=mask_token_id, **overrides)
+    save_model(model, folder)
+    make_tokenizer_files(folder)
+    return folder
+
+
 def hf_diffusion_twin(hf_model, model: Qwen3ForCausalLM):
     """A Transformers Qwen3ForCausalLM whose attention weights are our model's `*_diff` ones (all else shared)."""
     twin = copy.deepcopy(hf_model)

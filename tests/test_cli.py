@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orthrus_min.generate import main
-from orthrus_helpers import make_orthrus
+from orthrus_helpers import orthrus_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def orthrus_ckpt(tmp_path_factory):
     """An Orthrus checkpoint (block_size 8) with a tokenizer and the Qwen3 chat template."""
-    from conftest import make_tokenizer_files
-    from orthrus_min.checkpoint import save_model
-
-    folder = tmp_path_factory.mktemp("orthrus")
-    _, model = make_orthrus(5, "copied", block_size=8, mask_token_id=3, eos_token_id=2)
-    save_model(model, folder)
-    make_tokenizer_files(folder)
-    return folder
+    return orthrus_checkpoint(tmp_path_factory.mktemp("orthrus"), eos_token_id=2)
 
 
 @pytest.fixture()

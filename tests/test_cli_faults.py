@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orthrus_helpers import make_orthrus
+from orthrus_helpers import orthrus_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK = Path(__file__).resolve().parent / "signal_hook.py"
@@ -28,14 +28,7 @@ has_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs 
 @pytest.fixture(scope="module")
 def endless(tmp_path_factory):
     """An Orthrus checkpoint with no EOS token: it always generates its whole --max-new-tokens."""
-    from conftest import make_tokenizer_files
-    from orthrus_min.checkpoint import save_model
-
-    folder = tmp_path_factory.mktemp("endless")
-    _, model = make_orthrus(5, "copied", block_size=8, mask_token_id=3, eos_token_id=None)
-    save_model(model, folder)
-    make_tokenizer_files(folder)
-    return folder
+    return orthrus_checkpoint(tmp_path_factory.mktemp("endless"), eos_token_id=None)
 
 
 def shell(command: str, cwd: Path, stdin=None) -> subprocess.CompletedProcess:

@@ -11,21 +11,14 @@ import torch
 from orthrus_min import api
 from orthrus_min.api import default_threads, load
 from orthrus_min.ar import generate_ar
-from orthrus_min.checkpoint import save_model
 from orthrus_min.engine import Compiler
 from orthrus_min.generate import main
-from orthrus_helpers import make_orthrus
+from orthrus_helpers import make_orthrus, orthrus_checkpoint
 
 
 @pytest.fixture(scope="module")
 def orthrus_folder(tmp_path_factory):
-    from conftest import make_tokenizer_files
-
-    folder = tmp_path_factory.mktemp("orthrus")
-    _, model = make_orthrus(5, "copied", block_size=16, mask_token_id=3, eos_token_id=2)
-    save_model(model, folder)
-    make_tokenizer_files(folder)
-    return folder
+    return orthrus_checkpoint(tmp_path_factory.mktemp("orthrus"), block_size=16, eos_token_id=2)
 
 
 @pytest.mark.parametrize("parameters, cores, load1, threads", [

@@ -128,7 +128,7 @@ class LLM:
         return mode
 
     def check_request(self, prompt, max_new_tokens, mode, block_size, temperature, top_k, top_p, seed, seeds, ignore_eos,
-                check, on_text) -> tuple:
+                check, on_text, on_tokens) -> tuple:
         """Every argument of `generate` checked and normalised, before any work:
         (rows of token ids, single prompt?, budgets, mode, sampling, seeds or None, block_size)."""
         rows, single = self.prompt_ids(prompt)
@@ -147,6 +147,8 @@ class LLM:
         check_bool(check, "check")
         if on_text is not None and not callable(on_text):
             raise TypeError(f"on_text must be a function on_text(row, text), got {type(on_text).__name__}")
+        if on_tokens is not None and not callable(on_tokens):
+            raise TypeError(f"on_tokens must be a function on_tokens(row, token_ids), got {type(on_tokens).__name__}")
         if mode == "ar" and (block_size is not None or check):
             raise OrthrusError(f"{'block_size' if block_size is not None else 'check'} applies to orthrus decoding; drop it or use mode='orthrus'")
         if mode == "orthrus":
@@ -162,7 +164,7 @@ class LLM:
     def generate(self, prompt, max_new_tokens: int | Sequence[int] = 128, *, mode: str | None = None,
                  block_size: int | str | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, seeds: Sequence[int] | None = None,
-                 ignore_eos: bool = False, check: bool = False, on_text=None) -> Completion | list[Completion]:
+                 ignore_eos: bool = False, check: bool = False, on_text=None, on_tokens=None) -> Completion | list[Completion]:
         """Generates a continuation of `prompt`: text, token ids, or a list of either (a batch, decoded together).
 
         Returns one Completion, or one per prompt for a batch. max_new_tokens: an int >= 1, or one
@@ -171,20 +173,25 @@ class LLM:
         step for the most tokens per second on this machine; the output does not change). temperature / top_k / top_p: default to the
         checkpoint's generation_config.json, else greedy. seed: every row's sampling seed (seeds:
         one per prompt). check: assert every committed token is the AR view's choice.
-        on_text(row, text): called with each new piece of text. Integers may be Python or numpy
+        on_text(row, text): called with each new piece of text. on_tokens(row, token_ids): called with each
+        committed run of ids — the prefill's token, then one run per step (Orthrus: accepted drafts, then the
+        AR view's token; orthrus_min/show.py). Integers may be Python or numpy
         ints (not bools, floats or tensors); every argument is checked here, before any work.
         """
         rows, single, budgets, mode, sampling, seeds, block_size = self.check_request(prompt, max_new_tokens, mode, block_size, temperature,
-                                                                    top_k, top_p, seed, seeds, ignore_eos, check, on_text)
+                                                                    top_k, top_p, seed, seeds, ignore_eos, check, on_text,
+                                                                    on_tokens)
         streams = [self.tokenizer.stream_decoder() for _ in rows]
 
-        def on_tokens(row: int, tokens: list[int]) -> None:
-            piece = streams[row].push(tokens)
+        def emit(row: int, tokens: list[int]) -> None:
+            if on_tokens:
+                on_tokens(row, tokens)
+            piece = streams[row].push(tokens) if on_text else ""
             if piece:
                 on_text(row, piece)
 
         generations = self.decode_rows(rows, budgets, mode, block_size, sampling, seeds, ignore_eos, check,
-                                       on_tokens if on_text else None)
+                                       emit if on_text or on_tokens else None)
         if on_text:
             for row, stream in enumerate(streams):
                 rest = stream.flush()

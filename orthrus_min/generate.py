@@ -1,6 +1,7 @@
 """Command line: generate text with a Qwen3 / Orthrus checkpoint.
 
     python -m orthrus_min.generate --prompt "class Stack:" --stats                 # the shipped model, offline
+    python -m orthrus_min.generate --prompt "class Stack:" --show-drafts           # which tokens were drafted
     python -m orthrus_min.generate --model Qwen/Qwen3-0.6B --mode ar --prompt "def fib(n):"
     python -m orthrus_min.generate --model DIR --chat --prompt "Explain RoPE in one paragraph."
     python -m orthrus_min.generate --model chiennv/Orthrus-Qwen3-1.7B --prompt "def fib(n):" --stats --compare
@@ -23,11 +24,12 @@ save it); with --echo the prompt is printed first, as llama.cpp's CLI does.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from .cli import Parser, block_size_arg, positive_int, require_stdout, run_main, write_stdout
+from .cli import Parser, block_size_arg, on_terminal, positive_int, require_stdout, run_main, write_stdout
 from .errors import OrthrusError, check_text
 from .request import MODES
 
@@ -66,6 +68,11 @@ def build_parser() -> Parser:
     p.add_argument("--stats", action="store_true", help="print the sampling settings used, the acceptance-length histogram and tokens per forward")
     p.add_argument("--compare", action="store_true", help="also run the other mode on the same prompt; report whether the outputs "
                    "are identical and the speedup")
+    p.add_argument("--show-drafts", action="store_true", help="orthrus, one prompt: mark what each iteration commits, "
+                   "as it commits it: its accepted draft tokens and its bonus (the AR view's own token; the first token, "
+                   "from the prefill, is marked so too). On a terminal: green and yellow (unless NO_COLOR is set); "
+                   "else ⟦drafts⟧⟨bonus⟩, and ⟪…⟫ for a last token that may be either (the budget or EOS can cut the "
+                   "final iteration before its bonus); a legend goes to stderr")
     p.add_argument("--check", action="store_true", help="orthrus: assert that every committed token is the AR view's choice")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: cuda when available (MLX: cpu, gpu or auto) (default: auto)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto: bfloat16 on a GPU, float32 on a CPU (default: auto)")
@@ -120,8 +127,10 @@ def choose_mode(args, config) -> str:
     elif args.block_size is not None or args.check:
         raise OrthrusError(f"{'--block-size' if args.block_size is not None else '--check'} applies to orthrus decoding; "
                            "drop it or use --mode orthrus")
-    if args.prompt_file is not None and args.compare:
-        raise OrthrusError("--compare works with one --prompt, not with --prompt-file")
+    if args.prompt_file is not None and (args.compare or args.show_drafts):
+        raise OrthrusError(f"{'--compare' if args.compare else '--show-drafts'} works with one --prompt, not with --prompt-file")
+    if args.show_drafts and mode != "orthrus":
+        raise OrthrusError("--show-drafts applies to orthrus decoding (ar drafts nothing); drop it or use --mode orthrus")
     return mode
 
 
@@ -219,10 +228,22 @@ def run_one(args, llm, mode: str, gen_kwargs: dict, text: str) -> int:
     def write(row: int, piece: str) -> None:
         write_stdout(piece, flush=True)
 
+    painter = None
+    if args.show_drafts:  # each iteration's run, marked (orthrus_min/show.py); its last token is printed with the next run
+        from . import show
+
+        style = "ansi" if on_terminal(sys.stdout) and not os.environ.get("NO_COLOR") else "plain"
+        render, painter = getattr(show, style), show.SpanStream(llm.tokenizer)
+        print(show.legend(style), file=sys.stderr)
+
+    def paint(row: int, tokens: list[int]) -> None:
+        write_stdout(render(painter.push(tokens)), flush=True)
+
     def decode(mode: str, n: int, stream: bool = False):
         kw = dict(gen_kwargs, mode=mode, check=args.check and mode == "orthrus",
                   block_size=args.block_size if mode == "orthrus" else None)
-        return llm.generate(ids, n, on_text=write if stream else None, **kw)
+        return llm.generate(ids, n, on_text=write if stream and not painter else None,
+                            on_tokens=paint if stream and painter else None, **kw)
 
     if args.compare:  # a short warm-up of both, so that neither timed run pays one-time costs
         decode("ar", 2)
@@ -234,6 +255,8 @@ def run_one(args, llm, mode: str, gen_kwargs: dict, text: str) -> int:
     except ConsensusCheckError as e:  # a decoder bug, not bad input
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
+    if painter:  # the final run's last token: the bonus, or unsure when that run may have been cut
+        write_stdout(render(painter.finish(out.block_sizes[-1] if out.block_sizes else None)))
     write_stdout("\n", flush=True)
     print(timing_line(mode, out), file=sys.stderr)
     if args.stats:

@@ -421,7 +421,7 @@ def test_every_flag_has_help_and_states_its_default_once():
     import argparse
 
     commands = subparsers()
-    assert set(commands) == {"all", "orthrus", "ar", "forward", "random-model", "attn", "gpu"}
+    assert set(commands) == {"all", "orthrus", "ar", "forward", "random-model", "attn", "gpu", "report", "threads"}
     for name, sp in commands.items():
         stated = 0
         for action in sp._actions:

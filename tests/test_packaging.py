@@ -29,7 +29,7 @@ ASSETS = "orthrus_min/assets/orthrus-stdlib-tiny"
 SHIPPED_MODEL = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "heldout_prompts.jsonl", "README.md"]
 NOTEBOOKS = ["01_qwen3_from_scratch", "02_one_cache_two_views", "03_consensus_decoding",
-             "04_triton_block_attention", "05_training_the_diffusion_view"]
+             "04_triton_block_attention", "05_training_the_diffusion_view", "06_the_engine"]
 # sha256 of the Apache License 2.0 as the ASF publishes it (LICENSE-2.0.txt)
 APACHE_2_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
 

@@ -126,6 +126,13 @@ CASES = {
                                            r"wrote, so it is not replaced"),
     "distill-overwrite-foreign-checkpoints": (lambda r: distill(r, r / "ckpt_foreign", "--overwrite"),
                                               r"checkpoints holds notes.txt, not a folder this command wrote"),
+    # continued pretraining and a carried-over diffusion view: wrong kinds of checkpoint, too long rows
+    "distill-diffusion-init-without-view": (lambda r: distill(r, r / "carry", "--diffusion-init", str(r / "base")),
+                                            r"--diffusion-init .*base: it has no diffusion view"),
+    "distill-diffusion-init-missing": (lambda r: distill(r, r / "carry", "--diffusion-init", str(r / "no_such_model")),
+                                       r"no_such_model"),
+    "pretrain-init-rows-beyond-context": (lambda r: pretrain(r, r / "cont", "--init", str(r / "base"), "--context", "16"),
+                                          r"--seq-len 32 is longer than --init .*base's context of 16 tokens"),
     "pretrain-overwrite-config-fifo": (lambda r: pretrain(r, r / "config_fifo", "--overwrite"),
                                        r"config.json is a FIFO, not a file this command wrote"),
     "export-overwrite-weights-link": (lambda r: ["export", "--model", str(r / "base"), "--out", str(r / "weights_link"),

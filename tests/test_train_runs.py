@@ -67,6 +67,17 @@ def test_pretrain_loss_falls(corpus):
     assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]]) - 1.0
 
 
+def test_evaluate_reproduces_the_held_out_loss_pretrain_logged(corpus, capsys):
+    root, common = corpus
+    assert main(["evaluate", *common, "--model", str(root / "base"), "--seq-len", "48", "24"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    logged = log_records(root / "base")[-1]["heldout_loss"]
+    at_48 = float(lines[0].split()[2])
+    assert lines[0].startswith("held-out loss ") and "rows of 48" in lines[0]
+    assert round(at_48, 4) == logged  # the same rows, the same sums
+    assert float(lines[1].split()[2]) > at_48  # shorter rows: less context per token, higher loss
+
+
 def test_distill_loss_falls_and_base_weights_are_unchanged(corpus, uninterrupted):
     root, _ = corpus
     out = uninterrupted[30]
@@ -102,6 +113,37 @@ def test_several_training_block_sizes(corpus):
     assert {r["block_size"] for r in log} == {2, 6}
     assert set(log[-1]["heldout_acceptance_by_block_size"]) == {"2"}
     assert 1 <= log[-1]["heldout_acceptance_by_block_size"]["2"] <= 2
+
+
+def test_continued_pretraining_and_a_diffusion_view_carried_over(corpus, uninterrupted):
+    """`pretrain --init` starts from a checkpoint's AR view (an Orthrus one's view dropped) with a longer
+    `--context`; `distill --diffusion-init` starts the new base's view from the old one, bit for bit."""
+    root, common = corpus
+    orthrus = uninterrupted[8]
+    longer = root / "longer"
+    assert main(["pretrain", *common, "--tokenizer", str(root / "tok"), "--init", str(orthrus), "--context", "1024",
+                 "--out", str(longer), "--steps", "2", "--batch-size", "2", "--seq-len", "96", "--lr", "1e-3",
+                 "--warmup", "1", "--eval-every", "2", "--save-every", "2"]) == 0
+    base, start, continued = load_model(root / "base"), load_model(orthrus), load_model(longer)
+    assert continued.config.model_type == "qwen3" and continued.config.max_position_embeddings == 1024
+    assert not any("_diff" in n for n, _ in continued.named_parameters())
+    assert base.config.max_position_embeddings == 512
+    first = log_records(longer)[1]
+    assert first["loss"] < np.log(300) - 1.0  # started from trained weights, not from random ones
+    moved = max_abs_diff(dict(base.named_parameters()), dict(continued.named_parameters()))
+    assert 0 < moved < 0.05  # two small steps away from the base (lr 1e-3)
+    out = root / "carried"
+    assert main(["distill", *common, "--model", str(longer), "--diffusion-init", str(orthrus), "--out", str(out),
+                 "--steps", "1", "--lr", "1e-7", "--batch-size", "2", "--seq-len", "48", "--eval-prompts", "0"]) == 0
+    carried = load_model(out)
+    assert carried.config.block_size == 6 and carried.config.mask_token_id == start.config.mask_token_id
+    assert max_abs_diff(diffusion_state(out), diffusion_state(orthrus)) < 1e-5  # one step of lr 1e-7 from the old view
+    fresh = {n: t for n, t in continued.state_dict().items() if n.replace("_diff", "") != n}  # nothing: a base has no view
+    assert not fresh
+    ar_copy = {n: carried.state_dict()[n.replace("_diff", "")] for n in diffusion_state(out)}
+    assert max_abs_diff(diffusion_state(out), ar_copy) > 1e-3  # not the default start (copies of the AR view)
+    assert max_abs_diff({n: t for n, t in carried.state_dict().items() if "_diff" not in n},
+                        dict(continued.state_dict())) == 0.0  # the base is the continued one, frozen
 
 
 # --------------------------------------------------------------------------- resume equivalence

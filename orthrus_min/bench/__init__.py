@@ -8,6 +8,7 @@
     python -m orthrus_min.bench attn                                 # the Triton kernel (needs CUDA)
     python -m orthrus_min.bench gpu                                  # everything a GPU must show, one report (gpu.py)
     python -m orthrus_min.bench all --smoke                          # seconds: 1 prompt, few tokens, tiny sweeps
+    python -m orthrus_min.bench report --json docs/results/bench_all.json   # that JSON -> README and model card tables
 
 `orthrus` and `all` (decode.py) decode every prompt with each method — Transformers `generate`
 (greedy; `all` only, and only where transformers is installed), our AR and Orthrus, each greedy
@@ -36,5 +37,6 @@ Modules: cli.py (flags, checks, dispatch), common.py (timer, bandwidth probe, ma
 decoders.py (the methods: the only caller of the decoders), measure.py (interleaved timing and
 statistics), reference.py (Transformers), decode.py + decode_report.py (`orthrus`, `all`; prompt
 files: orthrus_min/prompts.py), forward.py, ar.py, attn.py, random_model.py, gpu.py (`gpu`: every section above
-that a GPU must show, plus batch invariance, in one report).
+that a GPU must show, plus batch invariance, in one report), report.py (`report`: a JSON of `all`
+rendered into the results regions of README.md and the model card; `--check` compares).
 """

@@ -16,7 +16,7 @@ from statistics import median
 import torch
 
 from ..errors import OrthrusError
-from .common import has_package, machine_info, machine_line
+from .common import has_package, machine_info, machine_line, use_default_threads
 from .decoders import Decoding, ar_method, compile_mode_of, prepare_compiled, transformers_method
 from .measure import measure, warm_up
 from .reference import MISSING
@@ -40,6 +40,7 @@ def bench_ar(args) -> tuple[dict, str]:
         raise OrthrusError(f"--prompt-len {args.prompt_len} + --max-new-tokens {n} exceeds the model's context of "
                            f"{config.max_position_embeddings}")
     ours = load_model(folder, dtype=dtype, device=device, attn="torch")
+    use_default_threads(args, ours)
     ref = transformers_reference(folder, dtype, device)
     d = Decoding(n, compile_mode=compile_mode_of(args))
     prepare_compiled(ref, compile_mode_of(args, transformers=True))

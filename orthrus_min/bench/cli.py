@@ -1,6 +1,6 @@
 """The command line of the benchmarks: flags, the checks that run before any work, and dispatch.
 
-    python -m orthrus_min.bench <command> [flags]     # commands: all, orthrus, ar, forward, random-model, attn, gpu
+    python -m orthrus_min.bench <command> [flags]     # commands: all, orthrus, ar, forward, random-model, attn, gpu, report
     python -m orthrus_min.bench <command> --help      # every flag, with its default
 
 Conventions (shared with generate and train): every flag has help text that states its default
@@ -23,7 +23,7 @@ from ..engine import COMPILE_MODES
 from ..files import check_replaceable, check_writable_file, check_writable_folder
 from .common import write_json, write_text
 
-MODEL_COMMANDS = ("all", "orthrus", "ar", "forward", "gpu")  # run a model and write OUT/bench_<command>.{json,md}
+MODEL_COMMANDS = ("all", "orthrus", "ar", "forward", "gpu", "threads")  # run a model and write OUT/bench_<command>.{json,md}
 
 
 def layout_list(text: str) -> list[str]:
@@ -55,7 +55,9 @@ def add_model_args(sp: argparse.ArgumentParser, command: str, repeats_help: str,
                          "max-autotune: also tuned matmul kernels, the fastest on a CPU and the slowest to compile (default: default)")
     sp.add_argument("--compile-transformers", action="store_true",
                     help="also torch.compile the Transformers reference's forward (without it the reference runs eager)")
-    sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's choice)")
+    sp.add_argument("--threads", type=positive_int, default=None,
+                    help="CPU threads for torch (default: what load chooses: 1 for a model under 50M parameters, else one "
+                         "per core that is not busy)")
     sp.add_argument("--repeats", type=positive_int, default=repeats_default, help=repeats_help)
     sp.add_argument("--out", type=Path, default=Path("bench-results"),
                     help=f"folder for bench_{command}.md, .json" + (" and .png" if command in ("all", "orthrus") else "")
@@ -174,8 +176,46 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of the comparison, time 54 launch configurations of our kernel per cell and print the fastest "
                          "next to the one `choose_config` picks (a tuning aid; minutes of compiling)")
 
+    add_threads_parser(sub, fmt)
     add_gpu_parser(sub, fmt)
+    add_report_parser(sub, fmt)
     return p
+
+
+def add_threads_parser(sub, fmt) -> None:
+    """The `threads` command: tokens/s against CPU threads, idle and with busy cores (threads.py)."""
+    from ..checkpoint import DEFAULT_MODEL
+    from .threads import METHODS
+    from .threads import __doc__ as threads_doc
+
+    help_ = "tokens/s of AR and Orthrus against CPU threads, on an idle machine and with cores kept busy"
+    th = sub.add_parser("threads", help=help_, description=threads_doc, formatter_class=fmt)
+    th.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder or Hub id (default: the shipped model)")
+    th.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto: float32 on a CPU (default: auto)")
+    th.add_argument("--threads-list", type=int_list(1), default=[1, 2], metavar="N1,N2,…",
+                    help="thread counts to time (default: 1,2)")
+    th.add_argument("--busy", type=int_list(0), default=[0, 1], metavar="B1,B2,…",
+                    help="numbers of spinning processes to run beside the measurement, each a busy core (default: 0,1)")
+    th.add_argument("--methods", type=method_list, default=list(METHODS), metavar="M1,M2",
+                    help="ar, orthrus or both (default: ar,orthrus; orthrus needs a diffusion view)")
+    th.add_argument("--prompt", default="class Stack:", help="the prompt (default: 'class Stack:')")
+    th.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per run (default: 128)")
+    th.add_argument("--block-size", type=block_size_arg, default="auto", help="Orthrus's K, or auto (default: auto)")
+    th.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cell; the median is reported (default: 3)")
+    th.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench_threads.md and .json "
+                                                                              "(default: bench-results)")
+    th.add_argument("--json", type=Path, default=None, help="write the result as JSON here instead "
+                                                            "(default: OUT/bench_threads.json)")
+
+
+def method_list(text: str) -> list[str]:
+    """'ar,orthrus' -> the names, each one of threads.METHODS."""
+    from .threads import METHODS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names or any(n not in METHODS for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(METHODS)}")
+    return names
 
 
 def add_gpu_parser(sub, fmt) -> None:
@@ -201,6 +241,22 @@ def add_gpu_parser(sub, fmt) -> None:
     gp.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for bench_gpu.md and .json "
                                                                               "(default: bench-results)")
     gp.add_argument("--json", type=Path, default=None, help="write the result as JSON here instead (default: OUT/bench_gpu.json)")
+
+
+def add_report_parser(sub, fmt) -> None:
+    """The `report` command: a benchmark JSON rendered into the results regions of the README and the model card."""
+    from .report import CARD, README
+    from .report import __doc__ as report_doc
+
+    help_ = "render a bench all/orthrus JSON into the results region of the README and the model card (or --check them)"
+    rp = sub.add_parser("report", help=help_, description=report_doc, formatter_class=fmt)
+    rp.add_argument("--json", type=Path, required=True, help="the JSON that `bench all` or `bench orthrus` wrote")
+    rp.add_argument("--readme", type=Path, default=None, help="a README whose results region gets every table (default: "
+                    f"{README} and, with it, the card {CARD}, unless --readme or --card names a file)")
+    rp.add_argument("--card", type=Path, default=None, help="a model card whose results region gets the short form: decoding, "
+                                                            "block size, context length")
+    rp.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 with one line per file whose region differs "
+                                                         "from what the JSON renders")
 
 
 # --------------------------------------------------------------------------- running a command
@@ -233,6 +289,10 @@ def run_benchmark(args) -> tuple[dict, str]:
         from .forward import bench_forward
 
         return bench_forward(args)
+    if args.command == "threads":
+        from .threads import bench_threads
+
+        return bench_threads(args)
     if args.command == "gpu":
         from .gpu import bench_gpu
 
@@ -246,6 +306,7 @@ def finish(args, result: dict, report: str) -> None:
     """Prints the report, writes it to OUT/bench_<command>.md and the result to the JSON file, and says where."""
     md = args.out / f"bench_{args.command}.md"
     result["files"] = {"json": str(args.json), "markdown": str(md), **result.get("files", {})}
+    result["argv"] = getattr(args, "argv", None)  # the command line after `python -m orthrus_min.bench` (bench report shows it)
     print(report, end="")
     write_text(report, md)
     write_json(result, args.json)
@@ -262,8 +323,12 @@ def run(args) -> int:
 
         bench_attn(args)
         return 0
+    if args.command == "report":
+        from .report import run_report
+
+        return run_report(args)
     check_outputs(args)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command == "random-model":
         from .random_model import run_random_model
@@ -280,4 +345,11 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m orthrus_min.bench`: returns the exit status (2 and one line `error: …` for any user mistake)."""
-    return run_main(lambda: run(build_parser().parse_args(sys.argv[1:] if argv is None else argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def parse_and_run() -> int:
+        args = build_parser().parse_args(argv)
+        args.argv = argv  # recorded in the JSON
+        return run(args)
+
+    return run_main(parse_and_run)

@@ -66,9 +66,20 @@ def has_package(name: str) -> bool:
     return package_version(name) is not None
 
 
+def use_default_threads(args, model) -> None:
+    """Without --threads, the CPU threads `load` would choose for this model (api.default_threads), so that a
+    benchmark's defaults are what a user gets; --threads was applied before the model loaded."""
+    if args.threads is None and model.device.type == "cpu":
+        from ..api import default_threads
+        from ..checkpoint import num_parameters
+
+        torch.set_num_threads(default_threads(num_parameters(model)))
+
+
 def machine_info(device: torch.device) -> dict:
     """Where the numbers come from: device, CPU, threads, and the versions of everything that matters (None: absent)."""
-    info = {"device": str(device), "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
+    info = {"device": str(device), "cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+            "cpu_threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": package_version("transformers")}
     if device.type == "cuda":

@@ -26,7 +26,8 @@ tokens_per_forward, peak_memory_mb} plus, for Orthrus, {acceptance_mean, accepta
 (index i: iterations committing i+1 tokens), iterations}; block_size_sweep and context_sweep:
 lists of points {block_size | context_tokens, acceptance_mean, acceptance_histogram,
 tokens_per_forward, orthrus_tokens_per_s, ar_tokens_per_s, speedup, identical_output, …};
-`all` adds forward (forward.py: latency, summary, copy_bandwidth_gbs, roofline); files.
+`all` adds forward (forward.py: latency, summary, copy_bandwidth_gbs, roofline); files; argv (the
+command line after `python -m orthrus_min.bench`, added by cli.py; `bench report` prints it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OrthrusError
-from .common import first_mismatch, has_package, machine_info, machine_line, memory_kind, progress
+from .common import first_mismatch, has_package, machine_info, machine_line, memory_kind, progress, use_default_threads
 from .decoders import (Decoding, Method, ar_method, batch_method, compile_mode_of, mlx_method, orthrus_method, prepare_compiled,
                        transformers_method)
 from .measure import measure, pool, summarize, warm_up
@@ -337,6 +338,7 @@ def bench_decode(args) -> tuple[dict, str]:
         progress(f"Transformers rows skipped: {MISSING}")
 
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
+    use_default_threads(args, model)
     decoding = Decoding(s["new_tokens"], stop_at_eos=s["stop_at_eos"], temperature=s["temperature"], seed=s["seed"],
                         compile_mode=compile_mode_of(args))
     ref = None

@@ -26,7 +26,8 @@ from statistics import median
 import torch
 
 from ..errors import OrthrusError
-from .common import Timing, check_copy_size, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, time_calls
+from .common import (Timing, check_copy_size, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, time_calls,
+                     use_default_threads)
 from .decoders import Decoding, ar_method, compile_mode_of, prepare_compiled, transformers_method
 from .measure import measure, warm_up
 from .reference import MISSING
@@ -195,6 +196,7 @@ def bench_forward(args) -> tuple[dict, str]:
         progress(f"Transformers generate skipped in the decode timing: {MISSING}")
 
     model = load_model(folder, dtype=dtype, device=device, attn=None if args.attn == "auto" else args.attn)
+    use_default_threads(args, model)
     d = Decoding(n, compile_mode=compile_mode_of(args))
     settings["compile_mode"] = d.compile_mode
     methods = {"ar": ar_method(model, d)}

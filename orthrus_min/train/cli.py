@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--tokenizer", type=Path, required=True, help="folder with tokenizer.json (stage 1's --out)")
     pre.add_argument("--out", type=Path, required=True, help="folder for the model, log.jsonl and checkpoints/")
     pre.add_argument("--preset", choices=list(MODEL_PRESETS), default="tiny", help="model shape (default: tiny)")
+    pre.add_argument("--init", default=None, metavar="MODEL",
+                     help="continue pretraining this checkpoint (a folder) instead of starting from random weights: its "
+                          "shape replaces --preset, an Orthrus checkpoint's diffusion view is dropped (default: off)")
+    pre.add_argument("--context", type=positive_int, default=None, metavar="N",
+                     help="max_position_embeddings of the model written, e.g. 4096 to train on long windows (default: "
+                          "the preset's or --init's)")
     training_args(pre, steps=3000, lr=2e-3, warmup_default=100, batch_size=16)
 
     help_ = "stage 3: train the diffusion view of any Qwen3 by KL to its frozen AR view (the paper's recipe)"
@@ -161,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--mask-token-id", type=int, default=None,
                    help="the [MASK] id (default: the tokenizer's <|mask|>, else the first embedding row past the tokenizer's "
                         "ids, e.g. 151669 for Qwen3; recorded in config.json)")
+    o.add_argument("--diffusion-init", default=None, metavar="MODEL",
+                   help="start the diffusion view from this Orthrus checkpoint's (same shapes) instead of copies of the AR "
+                        "view; its block_size and mask_token_id apply (default: off)")
     o.add_argument("--blocks-per-row", type=positive_int, default=None,
                    help="random anchor blocks per packed row (default: --seq-len // K)")
     o.add_argument("--loss", choices=("kl", "ce"), default="kl",
@@ -219,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace config.json, the weights and the tokenizer files in "
                                                             "a non-empty --out (other files stay)")
 
+    help_ = "held-out loss of a model (nats per token) on the first held-out rows, as pretrain evaluates it"
+    ev = sub.add_parser("evaluate", help=help_, description=help_)
+    data_args(ev, with_mix=False)
+    ev.add_argument("--model", required=True, help="checkpoint folder or Hub id (its tokenizer reads the data)")
+    ev.add_argument("--seq-len", type=positive_int, nargs="+", default=[256], metavar="N",
+                    help="tokens per row; several give one loss each (default: 256)")
+    ev.add_argument("--rows", type=positive_int, default=32, help="held-out rows per length (default: 32, as pretrain)")
+
     help_ = "write held-out prompts (JSONL: {\"id\", \"prompt\"} per line) for evaluation and benchmarks"
     pr = sub.add_parser("prompts", help=help_, description=help_)
     data_args(pr, with_mix=False)
@@ -242,7 +259,7 @@ def run_stage(argv: list[str]) -> int:
     """Parses the command line and runs the stage; under torchrun only rank 0 reports a mistake (all exit 2)."""
     from .dist import launched_by_torchrun, setup
     from .regenerate import regenerate
-    from .stages import run_distill, run_export, run_pretrain, run_prompts, run_tokenizer
+    from .stages import run_distill, run_evaluate, run_export, run_pretrain, run_prompts, run_tokenizer
 
     quiet = launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
     dist = None
@@ -255,7 +272,8 @@ def run_stage(argv: list[str]) -> int:
             else:
                 (run_pretrain if args.command == "pretrain" else run_distill)(args, dist, argv)
         else:
-            {"tokenizer": run_tokenizer, "export": run_export, "prompts": run_prompts}[args.command](args)
+            {"tokenizer": run_tokenizer, "export": run_export, "prompts": run_prompts,
+             "evaluate": run_evaluate}[args.command](args)
     except OrthrusError:
         if quiet:
             return EXIT_USAGE

@@ -69,6 +69,31 @@ def choose_mask_token(tokenizer, vocab_size: int, requested: int | None) -> tupl
                        f"{unused} ids to use instead: pass --mask-token-id ID (a token the data never contains)")
 
 
+def copy_diffusion_view(model: Qwen3ForCausalLM, folder) -> int:
+    """Copies every diffusion-view weight (`*_diff*`) of the Orthrus checkpoint in `folder` into `model` (same
+    shapes: `distill --diffusion-init`); returns how many tensors were copied."""
+    from safetensors import safe_open
+
+    from ..checkpoint import safetensors_files
+
+    params = dict(model.named_parameters())
+    copied = 0
+    for file in safetensors_files(folder):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if "_diff" not in name:
+                    continue
+                if name not in params or tuple(params[name].shape) != tuple(f.get_slice(name).get_shape()):
+                    raise OrthrusError(f"--diffusion-init {folder}: {name} does not fit --model (another shape)")
+                with torch.no_grad():
+                    params[name].copy_(f.get_tensor(name))
+                copied += 1
+    wanted = sum(1 for name in params if "_diff" in name)
+    if copied != wanted:
+        raise OrthrusError(f"--diffusion-init {folder}: {copied} of the {wanted} diffusion-view tensors found")
+    return copied
+
+
 def blocks_for(seq_len: int, block_size: int, blocks_per_row: int | None) -> int:
     """Anchor blocks per row: --blocks-per-row, or seq_len // K (a diffusion stream about as long as the row)."""
     return blocks_per_row or max(1, seq_len // block_size)
@@ -182,5 +207,5 @@ def train_token_stream(pools) -> np.ndarray:
     return np.concatenate([np.asarray(p.docs.stream()) for p in pools])
 
 
-__all__ = ["freeze_base", "choose_mask_token", "largest_token_id", "DistillJob", "blocks_for", "sample_anchors",
+__all__ = ["freeze_base", "copy_diffusion_view", "choose_mask_token", "largest_token_id", "DistillJob", "blocks_for", "sample_anchors",
            "step_block_size", "train_token_stream", "MASK_TOKEN"]

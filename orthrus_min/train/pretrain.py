@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,12 +35,37 @@ def init_weights(model: Qwen3ForCausalLM, seed: int) -> None:
                 p.normal_(0, std_out if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02, generator=g)
 
 
-def new_base_model(tokenizer, preset: str, seed: int) -> Qwen3ForCausalLM:
-    """A freshly initialised Qwen3 of a preset's shape for this tokenizer (EOS: <|endoftext|>)."""
+def new_base_model(tokenizer, preset: str, seed: int, context: int | None = None) -> Qwen3ForCausalLM:
+    """A freshly initialised Qwen3 of a preset's shape for this tokenizer (EOS: <|endoftext|>); `context` replaces
+    the preset's max_position_embeddings."""
     fields = dict(model_type="qwen3", vocab_size=tokenizer.vocab_size, rms_norm_eps=1e-6,
                   eos_token_id=tokenizer.token_to_id("<|endoftext|>"), **MODEL_PRESETS[preset])
+    if context is not None:
+        fields["max_position_embeddings"] = context
     model = Qwen3ForCausalLM(Qwen3Config.from_dict(fields))
     init_weights(model, seed)
+    return model
+
+
+def continued_base_model(folder, context: int | None = None) -> Qwen3ForCausalLM:
+    """The AR view of a checkpoint, in float32 on the CPU, to continue pretraining (`pretrain --init`).
+
+    An Orthrus checkpoint's diffusion view is dropped: the base changes, so the view is trained
+    again by `distill` (which can start from the old one: `--diffusion-init`). RoPE has no learned
+    positions, so `context` (max_position_embeddings) may grow; the model then learns to use it
+    from the longer rows it is trained on.
+    """
+    from ..checkpoint import load_model
+
+    source = load_model(folder, dtype=torch.float32, device="cpu", attn="torch")
+    config = replace(source.config, model_type="qwen3", block_size=None, mask_token_id=None,
+                     max_position_embeddings=context or source.config.max_position_embeddings)
+    model = Qwen3ForCausalLM(config)
+    state = {name: t for name, t in source.state_dict().items() if "_diff" not in name}
+    model.load_state_dict(state, strict=False)  # the RoPE table is a buffer of the new context, not a weight
+    missing = [n for n, _ in model.named_parameters() if n not in state]
+    if missing:
+        raise RuntimeError(f"continued_base_model: weights not copied: {missing[:3]}")
     return model
 
 
@@ -68,6 +93,25 @@ def to_device(rows: Rows, device: torch.device) -> Rows:
                 rows.refs)
 
 
+def heldout_rows(heldout: list[Pool], seq_len: int, pad_id: int, seed: int = 0, count: int = EVAL_ROWS) -> list[Rows]:
+    """The first `count` rows of `seq_len` tokens of the held-out documents, packed in order: what the held-out loss
+    is measured on (the same rows for every model with this tokenizer, data and seq_len)."""
+    plan = plan_epoch(heldout, seq_len, seed, 0, shuffle=False)
+    return [make_rows(heldout, [plan.row(r)], seq_len, pad_id) for r in range(min(count, len(plan)))]
+
+
+@torch.no_grad()
+def loss_sums(model: Qwen3ForCausalLM, rows: list[Rows]) -> tuple[float, float]:
+    """(summed next-token loss in nats, trained tokens) of `model` over `rows`."""
+    total, count = 0.0, 0.0
+    for r in rows:
+        r = to_device(r, model.device)
+        weights = next_token_weights(r.loss, r.doc)
+        total += float(next_token_loss(lm_logits(model, r), r.ids, weights, normalizer=1.0))
+        count += float(weights.sum())
+    return total, count
+
+
 class PretrainJob:
     """Everything trains; the loss is next-token cross-entropy on every trained token of the packed rows."""
 
@@ -78,8 +122,7 @@ class PretrainJob:
         self.model, self.stream, self.pad_id, self.tokenizer_dir, self.identity = model, stream, pad_id, tokenizer_dir, identity
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = model.device
-        plan = plan_epoch(heldout, stream.seq_len, seed, 0, shuffle=False)
-        self.eval_rows = [make_rows(heldout, [plan.row(r)], stream.seq_len, pad_id) for r in range(min(EVAL_ROWS, len(plan)))]
+        self.eval_rows = heldout_rows(heldout, stream.seq_len, pad_id, seed)
 
     def autocast(self):
         """bf16 autocast on CUDA (master weights stay fp32)."""
@@ -105,13 +148,8 @@ class PretrainJob:
         if initial or not self.eval_rows:
             return {}
         self.model.eval()
-        total, count = 0.0, 0.0
-        for rows in self.eval_rows[dist.rank :: dist.world]:
-            rows = to_device(rows, self.device)
-            weights = next_token_weights(rows.loss, rows.doc)
-            with self.autocast():
-                total += float(next_token_loss(lm_logits(self.model, rows), rows.ids, weights, normalizer=1.0))
-            count += float(weights.sum())
+        with self.autocast():
+            total, count = loss_sums(self.model, self.eval_rows[dist.rank :: dist.world])
         total, count = dist.sum(total, count)
         return {"heldout_loss": round(total / count, 4)} if count else {}
 
@@ -119,4 +157,4 @@ class PretrainJob:
         return f"held-out loss {metrics['heldout_loss']:.3f}"
 
 
-__all__ = ["MODEL_PRESETS", "init_weights", "new_base_model", "PretrainJob", "lm_logits", "to_device"]
+__all__ = ["MODEL_PRESETS", "init_weights", "new_base_model", "continued_base_model", "heldout_rows", "loss_sums", "PretrainJob", "lm_logits", "to_device"]

@@ -28,19 +28,20 @@ from .checkpoint import (MODEL_OUTPUTS, TOKENIZER_OUTPUTS, check_out_folder, che
 from .corpus import end_of_text_id
 from .data import (describe_sources, load, model_fingerprint, self_distill_docs, self_distill_key, training_pools)
 from .dist import Dist
-from .distill import DistillJob, blocks_for, choose_mask_token, freeze_base, train_token_stream
+from .distill import DistillJob, blocks_for, choose_mask_token, copy_diffusion_view, freeze_base, train_token_stream
 from .evaluate import eval_prompts
 from .loop import LoopConfig, Trainer, write_final_model
 from .objective import enable_activation_checkpointing
 from .packing import Pool, RowStream
 from .plan import launch_command, memory_estimate, parameter_counts, print_plan
-from .pretrain import MODEL_PRESETS, PretrainJob, new_base_model
+from .pretrain import MODEL_PRESETS, PretrainJob, continued_base_model, new_base_model
 
 IDENTITY_FLAGS = {  # identity field -> what the user changed
     "stage": "the stage", "model": "--model (its config.json or weight files)", "tokenizer": "--tokenizer",
     "data": "--data (a file's content, --pattern, --heldout-percent or --no-thinking)", "block_size": "--block-size",
     "mask_token_id": "--mask-token-id", "seq_len": "--seq-len", "seed": "--seed", "preset": "--preset",
-    "self_distill": "--self-distill / --eval-prompt-len",
+    "self_distill": "--self-distill / --eval-prompt-len", "init": "--init (its config.json or weight files)",
+    "context": "--context", "diffusion_init": "--diffusion-init (its config.json or weight files)",
 }
 QUIET_SETTINGS = ("minutes", "log_interval", "dry_run", "resume", "overwrite")
 
@@ -184,11 +185,22 @@ def run_pretrain(args, dist: Dist, argv: list[str]) -> None:
     resume_from = check_out_folder(out, args.resume, args.overwrite)
     tokenizer = Tokenizer(args.tokenizer)
     enable_thinking = False if args.no_thinking else None
-    check_seq_len(args.seq_len, MODEL_PRESETS[args.preset]["max_position_embeddings"], f"the {args.preset} preset")
+    init = resolve_model_folder(args.init, dist) if args.init else None
+    shape = Qwen3Config.from_json(init / "config.json") if init else Qwen3Config.from_dict(
+        dict(model_type="qwen3", vocab_size=tokenizer.vocab_size, **MODEL_PRESETS[args.preset]))
+    if init and shape.vocab_size < tokenizer.vocab_size:
+        raise OrthrusError(f"--init {args.init}: its embedding has {shape.vocab_size:,} rows, fewer than the tokenizer's "
+                           f"{tokenizer.vocab_size:,} tokens: pass the --tokenizer it was trained with")
+    context = args.context or shape.max_position_embeddings
+    check_seq_len(args.seq_len, context, f"--init {args.init}" if init else f"the {args.preset} preset")
     data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, enable_thinking, args.mix,
                             lambda m: say(dist, m))
     identity = {"stage": "pretrain", "tokenizer": data.tokenizer_hash, "data": data.keys, "preset": args.preset,
                 "seq_len": args.seq_len, "seed": args.seed}
+    if init:  # only when given, so that runs saved before these flags still resume
+        identity.update(init=model_fingerprint(init), preset=None)
+    if args.context:
+        identity["context"] = args.context
     if resume_from is not None:
         check_resume(resume_from, identity, settings_of(args), dist)
     global_batch = check_global_batch(args, dist)
@@ -197,20 +209,24 @@ def run_pretrain(args, dist: Dist, argv: list[str]) -> None:
     pools = training_pools(data, args.seq_len, args.mix)
     stream = RowStream(pools, args.seq_len, args.seed)
     steps = resolve_steps(args, stream, global_batch, default=3000)
-    fields = dict(model_type="qwen3", vocab_size=tokenizer.vocab_size, **MODEL_PRESETS[args.preset])
     if args.dry_run is not None:
-        config = Qwen3Config.from_dict(fields)
+        config = replace(shape, model_type="qwen3", max_position_embeddings=context, block_size=None, mask_token_id=None)
         dry_run(args, argv, dist, config, parameter_counts(config)[0], 4, data, stream, global_batch, steps, 0,
                 2 if dist.device.type == "cuda" else 4, "pretrain")
         return
     pad = end_of_text_id(tokenizer) or 0
     torch.manual_seed(args.seed)
-    model = new_base_model(tokenizer, args.preset, args.seed).to(dist.device)
+    if init:
+        model = continued_base_model(init, context).to(dist.device)
+    else:
+        model = new_base_model(tokenizer, args.preset, args.seed, context).to(dist.device)
     model.model.rotary_emb.build(dist.device)
     model.set_attn_backend("torch")
     if args.activation_checkpointing:
         enable_activation_checkpointing(model)
-    say(dist, f"model: {sum(p.numel() for p in model.parameters()):,} parameters ({args.preset}); data: "
+    origin = f"continued from {args.init}" if init else args.preset
+    say(dist, f"model: {sum(p.numel() for p in model.parameters()):,} parameters ({origin}, context "
+              f"{model.config.max_position_embeddings:,}); data: "
               f"{sum(t.train.num_tokens for t in data.tokenized):,} train tokens, "
               f"{sum(t.heldout.num_tokens for t in data.tokenized):,} held-out tokens")
     heldout = [Pool(t.source.spec, t.heldout) for t in data.tokenized if len(t.heldout)]
@@ -226,8 +242,18 @@ def run_pretrain(args, dist: Dist, argv: list[str]) -> None:
 # --------------------------------------------------------------------------- distill
 
 
-def diffusion_setup(args, config: Qwen3Config, tokenizer) -> tuple[int, int, str]:
-    """(block size K, mask token id, why that mask) for a base or an Orthrus checkpoint and the flags."""
+def diffusion_setup(args, config: Qwen3Config, tokenizer, donor: Qwen3Config | None = None) -> tuple[int, int, str]:
+    """(block size K, mask token id, why that mask) for a base or an Orthrus checkpoint, the flags, and the
+    checkpoint whose diffusion view starts this one (--diffusion-init)."""
+    if donor is not None:
+        if config.has_diffusion_view:
+            raise OrthrusError("--diffusion-init: --model already has a diffusion view; drop one of the two")
+        if not donor.has_diffusion_view:
+            raise OrthrusError(f"--diffusion-init {args.diffusion_init}: it has no diffusion view (model_type 'qwen3')")
+        shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
+        if any(getattr(donor, f) != getattr(config, f) for f in shape):
+            raise OrthrusError(f"--diffusion-init {args.diffusion_init}: its layers differ from --model's ({', '.join(shape)})")
+        config = donor
     if config.has_diffusion_view:
         if args.mask_token_id is not None and args.mask_token_id != config.mask_token_id:
             raise OrthrusError(f"--mask-token-id {args.mask_token_id}: this checkpoint's diffusion view was trained with "
@@ -246,7 +272,9 @@ def run_distill(args, dist: Dist, argv: list[str]) -> None:
     folder = resolve_model_folder(args.model, dist)
     tokenizer = Tokenizer(folder)
     config = Qwen3Config.from_json(folder / "config.json")
-    K, mask_id, mask_reason = diffusion_setup(args, config, tokenizer)
+    donor = resolve_model_folder(args.diffusion_init, dist) if args.diffusion_init else None
+    K, mask_id, mask_reason = diffusion_setup(args, config, tokenizer,
+                                              Qwen3Config.from_json(donor / "config.json") if donor else None)
     if K < 2:
         raise OrthrusError(f"--block-size {K}: a block of 1 token drafts nothing; use 2 or more")
     train_sizes = sorted(set(args.train_block_sizes or [K]))
@@ -263,6 +291,8 @@ def run_distill(args, dist: Dist, argv: list[str]) -> None:
     identity = {"stage": "distill", "model": model_hash, "data": data.keys, "block_size": K, "mask_token_id": mask_id,
                 "seq_len": args.seq_len, "seed": args.seed,
                 "self_distill": [args.self_distill, args.eval_prompt_len] if args.self_distill else None}
+    if donor:  # only when given, so that runs saved before this flag still resume
+        identity["diffusion_init"] = model_fingerprint(donor)
     if resume_from is not None:
         check_resume(resume_from, identity, settings_of(args), dist)
     base_dtype = resolve_dtype(args.dtype, dist.device)
@@ -286,6 +316,9 @@ def run_distill(args, dist: Dist, argv: list[str]) -> None:
     model = load_model(folder, dtype=base_dtype, device=dist.device, attn="torch")
     if not model.config.has_diffusion_view:
         init_diffusion_view(model, K, mask_token_id=mask_id)
+        if donor:
+            copied = copy_diffusion_view(model, donor)
+            say(dist, f"diffusion view: {copied} tensors from {args.diffusion_init} (--diffusion-init)")
     elif K != model.config.block_size:
         model.config = replace(model.config, block_size=K)
     say(dist, f"mask token: id {mask_id} ({mask_reason}); recorded in config.json as mask_token_id")
@@ -364,6 +397,34 @@ def run_export(args) -> None:
     print(f"exported {num_parameters(model):,} parameters ({args.dtype}) to {args.out}: {size:.1f} MiB", file=sys.stderr)
 
 
+def run_evaluate(args) -> None:
+    """The held-out loss of a model at each --seq-len, on the rows pretrain evaluates (its first held-out rows)."""
+    import tempfile
+
+    from ..tokenizer import Tokenizer
+    from .pretrain import heldout_rows, loss_sums
+
+    folder = resolve_checkpoint(args.model)
+    tokenizer = Tokenizer(folder)
+    config = Qwen3Config.from_json(folder / "config.json")
+    for n in args.seq_len:
+        check_seq_len(n, config.max_position_embeddings, "the model")
+    data = describe_sources(args.data, args.pattern, tokenizer, args.heldout_percent, None, None,
+                            lambda m: print(m, file=sys.stderr))
+    with tempfile.TemporaryDirectory(prefix="orthrus-evaluate-") as cache:
+        load(data, tokenizer, args.heldout_percent, None, Path(cache), Dist(), lambda m: None)
+        heldout = [Pool(t.source.spec, t.heldout) for t in data.tokenized if len(t.heldout)]
+    if not heldout:
+        raise OrthrusError("--data: no document fell in the held-out split; raise --heldout-percent")
+    model = load_model(folder, dtype=torch.float32, device="cpu", attn="torch").eval()
+    pad = end_of_text_id(tokenizer) or 0
+    for n in args.seq_len:
+        rows = heldout_rows(heldout, n, pad, count=args.rows)
+        total, count = loss_sums(model, rows)
+        print(f"held-out loss {total / count:.4f} nats/token: {int(count):,} tokens in {len(rows)} rows of {n:,} "
+              f"({args.model})")
+
+
 def run_prompts(args) -> None:
     """Held-out prompts (JSONL) for evaluation and benchmarks; --out replaced atomically, only if it is a regular file."""
     import json
@@ -381,4 +442,4 @@ def run_prompts(args) -> None:
     print(f"wrote {len(records)} held-out prompts from {len(heldout_files)} files to {args.out}", file=sys.stderr)
 
 
-__all__ = ["run_pretrain", "run_distill", "run_tokenizer", "run_export", "run_prompts", "warmup_steps", "check_resume"]
+__all__ = ["run_pretrain", "run_distill", "run_tokenizer", "run_export", "run_prompts", "run_evaluate", "warmup_steps", "check_resume"]

@@ -23,7 +23,8 @@ is smaller. E[min(n, K-1)] depends on the model, the prompt and how far decoding
     keeps the estimate honest.
 
 The choice changes speed only: every K gives exactly the AR output (the consensus rule does not
-depend on K), which the tests check.
+depend on K), which the tests check. Compiled decoding `keep`s one K instead — each new K is a graph
+to compile, a minute on a CPU — and `engine.Compiler.block_size` remembers it for the next run.
 """
 
 from __future__ import annotations
@@ -88,9 +89,17 @@ class BlockSizeChooser:
         self.step_seconds: dict[int, deque] = {K: deque(maxlen=WINDOW) for K in self.candidates}
         self.used: list[int] = []
 
+    def best(self) -> int:
+        """The candidate with the most committed tokens per second by the current estimates."""
+        return best_block_size({K: self.costs[K] for K in self.candidates}, self.observations)
+
+    def keep(self, K: int) -> None:
+        """From now on every step uses block size K (compiled decoding: each new K would be a graph to compile)."""
+        self.candidates = [K]
+
     def next(self) -> int:
         """The block size for the next step: the best estimate, or (every `probe_every` steps) one size larger."""
-        K = best_block_size(self.costs, self.observations)
+        K = self.best()
         if len(self.used) % self.probe_every == self.probe_every - 1 and K != self.candidates[-1]:
             K = self.candidates[self.candidates.index(K) + 1]  # probe: is a longer block worth it now?
         self.used.append(K)

@@ -196,6 +196,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype | None 
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight  # re-tie: assign=True replaced the embedding
     model.model.rotary_emb.build(dev)
+    model.set_weight_layout()  # the layout this device's matmuls read fastest (fp32 on a CPU: column-major)
     model.eval().requires_grad_(False)
     if attn is None:
         attn = "triton" if dev.type == "cuda" and _triton_available() else "torch"

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .batch import Generation, make_batch, result
 from .blocksize import BlockSizeChooser, measure_step_costs
 from .config import auto_candidates, require_diffusion_view, resolve_block_size
-from .engine import Compiler, DecodeState, Step, TokenCallback, commit, decode, eos_tensor
+from .engine import Compiler, DecodeState, Step, TokenCallback, commit, compiler, decode, eos_tensor
 from .errors import ConsensusCheckError
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
@@ -158,7 +158,8 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     prompts: one list of token ids (returns one Generation) or a list of them (returns one per
     prompt, in order); max_new_tokens: one budget or one per prompt. block_size: K, tokens per
     diffusion pass (default: the config's); "auto" chooses K before every step for speed
-    (`blocksize.py`), or pass a BlockSizeChooser to reuse its cost estimates. A row stops at the first id in `eos_token_id`
+    (`blocksize.py`; compiled, it keeps one K per batch size, the same run after run: `Compiler.block_size`), or pass
+    a BlockSizeChooser to reuse its cost estimates. A row stops at the first id in `eos_token_id`
     (default: the config's; it is emitted) unless `ignore_eos`. `on_tokens(row, tokens)` is called
     with each row's committed run. `check`: assert that every committed token is the AR view's
     choice in the same verify pass (raises ConsensusCheckError otherwise). compile_mode: None
@@ -173,10 +174,13 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     if K == "auto":  # price each candidate K on this machine, at this batch size
         candidates = auto_candidates(model.config)
         chooser = BlockSizeChooser(candidates, measure_step_costs(model, candidates, len(batch.prompts)))
+    runner = compiler(compile_mode)
+    if chooser is not None and runner.mode is not None:  # compiled: one K (each new K is a compile), the same run after run
+        chooser.keep(runner.block_size(model, len(batch.prompts), chooser.best))
     step = Step(orthrus_step, {} if chooser else dict(block_size=K), forwards=2, extra_slots=largest, record_runs=True,
                 check=check_rows(sampling) if check else None, tuner=chooser)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
-    generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=compile_mode)
+    generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=runner)
     for g in generations:  # the block size of each of the row's iterations
         g.block_sizes = chooser.used[: len(g.accepted)] if chooser else [K] * len(g.accepted)
     return result(batch, generations)

@@ -19,12 +19,16 @@ A `Step` declares what the loop needs to know about a decoder (forwards per step
 slots, whether to record acceptance, an optional host-side check). A `Compiler` is the one place
 that calls torch.compile: each step is captured whole (fullgraph), once per (batch, block,
 capacity) shape — capacities are rounded up to a multiple of CAPACITY_BUCKET so that prompts of
-similar length share one compiled graph — and it owns the static buffers CUDA graphs need.
+similar length share one compiled graph — and it owns the static buffers CUDA graphs need, and the one block
+size that compiled Orthrus decoding keeps under `block_size="auto"` (remembered from run to run).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +125,7 @@ class Compiler:
         self._compiled: dict[Callable, Callable] = {}
         self._buffers: dict[tuple, tuple[KVCache, DecodeState]] = {}
         self._shapes: set[tuple] = set()
+        self._block_sizes: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Compiler({self.mode!r})"
@@ -161,6 +166,40 @@ class Compiler:
         cache = "max-autotune compiles anew every run" if self.mode.startswith("max-autotune") else "later runs reuse the compile cache"
         self.notify(f"compiling {fn.__name__} ({self.mode}) for batch {batch_size}{block}, capacity {capacity}: the first "
                     f"call of each shape takes a while; {cache}")
+
+    def block_size(self, model: Qwen3ForCausalLM, batch_size: int, choose: Callable[[], int]) -> int:
+        """The one block size that compiled Orthrus decoding with `block_size="auto"` uses for this model and batch size.
+
+        Each new K is a graph to compile (about a minute on a CPU, cold), so compiled decoding keeps one: `choose()`
+        the first time, then the same — for this Compiler's life and, through a small file next to inductor's
+        on-disk cache, for the next run of the same command, which so finds its graph compiled already.
+        """
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        c = model.config
+        shape = json.dumps([vars(c), str(model.dtype), model.device.type, model.attn_backend, batch_size, self.mode],
+                           sort_keys=True, default=str)
+        key = hashlib.sha256(shape.encode()).hexdigest()[:16]
+        if key not in self._block_sizes:
+            path = os.path.join(cache_dir(), "orthrus_min", "block_sizes.json")
+            try:
+                with open(path) as f:
+                    remembered = json.load(f)
+            except (OSError, ValueError):  # none yet (a cold cache), or unreadable: choose anew
+                remembered = {}
+            remembered = remembered if isinstance(remembered, dict) else {}
+            K = remembered.get(key)
+            if type(K) is not int or not 1 <= K <= c.block_size:
+                K = remembered[key] = choose()
+                try:  # a temporary name, then renamed: a concurrent run never reads half a file
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(f"{path}.{os.getpid()}", "w") as f:
+                        json.dump(remembered, f)
+                    os.replace(f"{path}.{os.getpid()}", path)
+                except OSError:  # a read-only cache: remembered for this process only
+                    pass
+            self._block_sizes[key] = K
+        return self._block_sizes[key]
 
     def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
         """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""

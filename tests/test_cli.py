@@ -269,7 +269,7 @@ def test_prompt_file_gives_one_json_line_per_prompt_equal_to_each_alone(capsys, 
              {"id": "c", "prompt": "Grüße", "chat": True, "enable_thinking": False}]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     code, out, err = run_cli(capsys, "--model", orthrus_ckpt, "--prompt-file", tmp_path / "p.jsonl", "--batch-size", "2",
-                             "--max-new-tokens", "12")
+                             "--max-new-tokens", "12", "--block-size", "8")  # a fixed K: a histogram of 8
     assert code == 0 and "[orthrus] 3 prompts (batch size 2)" in err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["id"] for r in records] == ["a", "p.jsonl:2", "c"]

@@ -16,7 +16,7 @@ from statistics import median
 import torch
 
 from ..errors import OrthrusError
-from .common import has_package, machine_info, machine_line, use_default_threads
+from .common import has_package, machine_info, machine_line, shown_path, use_default_threads
 from .decoders import Decoding, ar_method, compile_mode_of, prepare_compiled, transformers_method
 from .measure import measure, warm_up
 from .reference import MISSING
@@ -55,7 +55,7 @@ def bench_ar(args) -> tuple[dict, str]:
     rate = {name: median([n / r.seconds for r in rs]) for name, rs in runs.items()}
     info = machine_info(device)
     result = {
-        "command": "ar", "model": str(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "command": "ar", "model": shown_path(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "compile": args.compile, "compile_mode": d.compile_mode, "compile_transformers": args.compile_transformers,
         "prompt_len": args.prompt_len, "new_tokens": n, "repeats": args.repeats,
         "machine": machine_line(info), "machine_info": info,

@@ -66,6 +66,17 @@ def has_package(name: str) -> bool:
     return package_version(name) is not None
 
 
+def shown_path(path) -> str:
+    """A path as a report records it: relative to the working directory when inside it (so that a committed result
+    names no folder of the machine it ran on), else as given."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def use_default_threads(args, model) -> None:
     """Without --threads, the CPU threads `load` would choose for this model (api.default_threads), so that a
     benchmark's defaults are what a user gets; --threads was applied before the model loaded."""

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 
 from ..errors import OrthrusError
-from .common import first_mismatch, has_package, machine_info, machine_line, memory_kind, progress, use_default_threads
+from .common import (first_mismatch, has_package, machine_info, machine_line, memory_kind, progress, shown_path,
+                     use_default_threads)
 from .decoders import (Decoding, Method, ar_method, batch_method, compile_mode_of, mlx_method, orthrus_method, prepare_compiled,
                        transformers_method)
 from .measure import measure, pool, summarize, warm_up
@@ -351,10 +352,10 @@ def bench_decode(args) -> tuple[dict, str]:
     info = machine_info(device)
     result = {
         "command": args.command, "schema_version": 1, "machine": machine_line(info), "machine_info": info,
-        "settings": {"model": str(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "settings": {"model": shown_path(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                      "attn": model.attn_backend, "compile": args.compile,
                      "compile_mode": decoding.compile_mode, "compile_transformers": bool(use_ref and args.compile_transformers),
-                     "smoke": args.smoke, "prompts_file": str(prompts_file), "num_prompts": len(selected),
+                     "smoke": args.smoke, "prompts_file": shown_path(prompts_file), "num_prompts": len(selected),
                      "skipped_prompts": skipped, "params_ar": num_parameters(model) - params_diff, "params_diffusion": params_diff,
                      "memory_kind": memory_kind(device), **s},
     }

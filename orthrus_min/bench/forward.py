@@ -26,8 +26,8 @@ from statistics import median
 import torch
 
 from ..errors import OrthrusError
-from .common import (Timing, check_copy_size, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, time_calls,
-                     use_default_threads)
+from .common import (Timing, check_copy_size, copy_bandwidth_gbs, has_package, machine_info, machine_line, progress, shown_path,
+                     time_calls, use_default_threads)
 from .decoders import Decoding, ar_method, compile_mode_of, prepare_compiled, transformers_method
 from .measure import measure, warm_up
 from .reference import MISSING
@@ -220,7 +220,7 @@ def bench_forward(args) -> tuple[dict, str]:
     runs = measure(methods, prompt, repeats, device)  # interleaved, so both see the same machine noise
     decode = {name: (n - 1) / max(median([decode_seconds(r) for r in rs]), 1e-9) for name, rs in runs.items()}
     result = {"command": "forward", "machine": machine_line(info), "machine_info": info,
-              "settings": {"model": str(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+              "settings": {"model": shown_path(args.model), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                            "attn": attn, "compile": args.compile, "compile_mode": d.compile_mode,
                            "compile_transformers": bool(use_ref and args.compile_transformers),
                            "prompt_len": P, "new_tokens": n, "repeats": repeats, **section.pop("settings")},

@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OrthrusError
-from .common import Timing, copy_bandwidth_gbs, fmt, first_mismatch, machine_info, machine_line, package_version, progress, time_calls
+from .common import (Timing, copy_bandwidth_gbs, first_mismatch, fmt, machine_info, machine_line, package_version, progress,
+                     shown_path, time_calls)
 
 SECTIONS = ("tests", "invariance", "decode", "roofline", "forward", "identical", "cost", "attn")
 GPU_TESTS = ("tests/test_triton_attn.py::test_kernel_half_precision_on_gpu",
@@ -722,7 +723,7 @@ def bench_gpu(args) -> tuple[dict, str]:
     sections = run_sections(ctx, args.sections)
     checks = {name: ok for r in sections.values() for name, ok in r.get("checks", {}).items()}
     result = {"command": "gpu", "schema_version": 1, "machine": machine_line(info), "machine_info": info,
-              "settings": {"model": str(args.model), "device": str(device), "smoke": args.smoke, "sections": list(args.sections),
+              "settings": {"model": shown_path(args.model), "device": str(device), "smoke": args.smoke, "sections": list(args.sections),
                            "compile_mode": ctx.compile_mode, "block_size": args.block_size, **ctx.s},
               "seconds": time.perf_counter() - t0, "checks": checks, "all_checks_pass": all(checks.values()),
               "sections": sections}

@@ -22,7 +22,7 @@ from statistics import median
 
 import torch
 
-from .common import machine_info, machine_line, progress
+from .common import machine_info, machine_line, progress, shown_path
 from .decoders import Decoding, ar_method, orthrus_method
 from .measure import measure, warm_up
 
@@ -78,7 +78,7 @@ def bench_threads(args) -> tuple[dict, str]:
                 rows.append({"busy_cores": busy, "threads": threads, "tokens_per_s": rates})
     params = num_parameters(model)
     info = machine_info(device)
-    result = {"command": "threads", "model": str(args.model), "dtype": str(dtype).removeprefix("torch."),
+    result = {"command": "threads", "model": shown_path(args.model), "dtype": str(dtype).removeprefix("torch."),
               "parameters": params, "prompt": args.prompt, "new_tokens": args.max_new_tokens, "repeats": args.repeats,
               "block_size": args.block_size, "machine": machine_line(info), "machine_info": info, "rows": rows,
               "default_threads_now": default_threads(params)}

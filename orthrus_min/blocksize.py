@@ -39,6 +39,7 @@ import torch
 WINDOW = 64  # recent observations kept (acceptance drifts as the context grows)
 MIN_SEEN = 4  # observations at a block size >= K needed to use their average for K
 PRIOR_ACCEPT = 0.7  # before any observation: each draft accepted with this probability
+SWITCH_MARGIN = 0.05  # compiled decoding changes its kept K only for a gain this large (each change is a compile)
 
 
 def expected_tokens(accepted: Sequence[int], K: int) -> float:
@@ -59,8 +60,8 @@ def geometric_tokens(observations: Sequence[tuple[int, int]], K: int, prior: flo
     return 1 + sum(a ** i for i in range(1, K))
 
 
-def best_block_size(costs: dict[int, float], observations: Sequence[tuple[int, int]], min_seen: int = MIN_SEEN) -> int:
-    """The K of `costs` with the most tokens per second, rate(K) = tokens(K) / costs[K].
+def block_size_rates(costs: dict[int, float], observations: Sequence[tuple[int, int]], min_seen: int = MIN_SEEN) -> dict[int, float]:
+    """rate(K) = tokens(K) / costs[K], committed tokens per second, for every K of `costs`.
 
     observations: (n, K_seen) pairs, accepted-draft counts n from steps at block size K_seen. A count
     from K_seen >= K is exact for K once capped at K-1, so tokens(K) is their average when there are
@@ -70,7 +71,13 @@ def best_block_size(costs: dict[int, float], observations: Sequence[tuple[int, i
         seen = [n for n, K_seen in observations if K_seen >= K]
         return expected_tokens(seen, K) if len(seen) >= min_seen else geometric_tokens(observations, K)
 
-    return max(sorted(costs), key=lambda K: tokens(K) / costs[K])
+    return {K: tokens(K) / costs[K] for K in sorted(costs)}
+
+
+def best_block_size(costs: dict[int, float], observations: Sequence[tuple[int, int]], min_seen: int = MIN_SEEN) -> int:
+    """The K of `costs` with the most tokens per second (`block_size_rates`)."""
+    rates = block_size_rates(costs, observations, min_seen)
+    return max(rates, key=rates.get)
 
 
 class BlockSizeChooser:
@@ -84,6 +91,7 @@ class BlockSizeChooser:
     def __init__(self, candidates: Sequence[int], costs: dict[int, float], probe_every: int = 8):
         self.candidates = sorted(candidates)
         self.costs = dict(costs)
+        self.first_costs = dict(costs)  # before any real step: `worth_switching` compares every K with these
         self.probe_every = probe_every
         self.observations: deque[tuple[int, int]] = deque(maxlen=WINDOW)  # (n accepted drafts, K of the step)
         self.step_seconds: dict[int, deque] = {K: deque(maxlen=WINDOW) for K in self.candidates}
@@ -96,6 +104,20 @@ class BlockSizeChooser:
     def keep(self, K: int) -> None:
         """From now on every step uses block size K (compiled decoding: each new K would be a graph to compile)."""
         self.candidates = [K]
+
+    def worth_switching(self, margin: float = SWITCH_MARGIN) -> int | None:
+        """After steps at a kept K: a block size expected to be faster by more than `margin`, else None.
+
+        Every first candidate is priced by its first cost estimate (the ratios between block sizes
+        are what count) and by the acceptance seen at K: exact for smaller sizes, extrapolated for
+        larger ones. Compiled decoding asks after each run and remembers the answer for the next.
+        """
+        K = self.candidates[0]
+        if len(self.observations) < MIN_SEEN:
+            return None
+        rates = block_size_rates(self.first_costs, self.observations)
+        best = max(rates, key=rates.get)
+        return best if best != K and K in rates and rates[best] > (1 + margin) * rates[K] else None
 
     def next(self) -> int:
         """The block size for the next step: the best estimate, or (every `probe_every` steps) one size larger."""
@@ -156,4 +178,4 @@ def measure_step_costs(model, candidates: Sequence[int], batch_size: int = 1, co
     return costs
 
 
-__all__ = ["expected_tokens", "geometric_tokens", "best_block_size", "BlockSizeChooser", "measure_step_costs"]
+__all__ = ["expected_tokens", "geometric_tokens", "block_size_rates", "best_block_size", "BlockSizeChooser", "measure_step_costs"]

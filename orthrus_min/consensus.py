@@ -158,7 +158,8 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     prompts: one list of token ids (returns one Generation) or a list of them (returns one per
     prompt, in order); max_new_tokens: one budget or one per prompt. block_size: K, tokens per
     diffusion pass (default: the config's); "auto" chooses K before every step for speed
-    (`blocksize.py`; compiled, it keeps one K per batch size, the same run after run: `Compiler.block_size`), or pass
+    (`blocksize.py`; compiled, it keeps one K per batch size, the same run after run until the acceptance seen
+    says another is clearly faster: `Compiler.block_size`, `BlockSizeChooser.worth_switching`), or pass
     a BlockSizeChooser to reuse its cost estimates. A row stops at the first id in `eos_token_id`
     (default: the config's; it is emitted) unless `ignore_eos`. `on_tokens(row, tokens)` is called
     with each row's committed run. `check`: assert that every committed token is the AR view's
@@ -181,6 +182,8 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
                 check=check_rows(sampling) if check else None, tuner=chooser)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
     generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=runner)
+    if chooser is not None and runner.mode is not None and (faster := chooser.worth_switching()) is not None:
+        runner.remember_block_size(model, len(batch.prompts), faster)  # for the next run, which compiles it once
     for g in generations:  # the block size of each of the row's iterations
         g.block_sizes = chooser.used[: len(g.accepted)] if chooser else [K] * len(g.accepted)
     return result(batch, generations)

@@ -40,6 +40,7 @@ from .errors import OrthrusError
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
 from .sampling import SamplingParams, pick_tokens
+from .stepcache import SavedSteps, can_save
 
 TokenCallback = Callable[[int, list[int]], None]  # on_tokens(row, new tokens of that row)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -120,7 +121,7 @@ class Compiler:
         if mode is not None and mode not in COMPILE_MODES:
             raise OrthrusError(f"compile mode {mode!r} is unknown; choose one of {COMPILE_MODES}")
         self.mode = mode
-        self.notify = notify  # told, in one line, before each new shape compiles (the CLI prints it)
+        self.notify = notify  # told, in one line, before each new shape compiles or loads (the CLI prints it)
         self.cuda_graphs = mode is not None and bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
         self._compiled: dict[Callable, Callable] = {}
         self._buffers: dict[tuple, tuple[KVCache, DecodeState]] = {}
@@ -130,11 +131,18 @@ class Compiler:
     def __repr__(self) -> str:
         return f"Compiler({self.mode!r})"
 
-    def compile(self, fn: Callable) -> Callable:
-        """`fn` compiled whole (fullgraph, static shapes) with weights frozen as constants; `fn` itself when eager."""
+    def compile(self, fn: Callable, device: torch.device | None = None) -> Callable:
+        """`fn` compiled whole (fullgraph, static shapes); `fn` itself when eager.
+
+        A decode step on a device where `saves_steps` holds is a `stepcache.SavedSteps`: each shape compiled
+        ahead of time and saved, so that the next run loads it in a second instead of tracing it again.
+        """
         if self.mode is None:
             return fn
         if fn not in self._compiled:
+            if device is not None and self.saves_steps(device):
+                self._compiled[fn] = SavedSteps(fn, self.mode, self.notify)
+                return self._compiled[fn]
             compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode)
 
             # Both settings are read at compile time, which happens inside the call. `freezing` folds the frozen
@@ -154,9 +162,14 @@ class Compiler:
             self._compiled[fn] = run
         return self._compiled[fn]
 
-    def announce(self, fn: Callable, batch_size: int, args: dict, capacity: int) -> None:
-        """Tells `notify`, once per shape, that a step is about to be compiled for it (a compile takes seconds to minutes)."""
-        if self.mode is None or self.notify is None:
+    def saves_steps(self, device: torch.device) -> bool:
+        """Whether this mode's decode steps on `device` are saved whole and loaded by later runs (`stepcache.py`)."""
+        return can_save(self.mode, device)
+
+    def announce(self, fn: Callable, batch_size: int, args: dict, capacity: int, device: torch.device) -> None:
+        """Tells `notify`, once per shape, that a step is about to be compiled for it (a compile takes seconds to minutes).
+        A saved step (`saves_steps`) says itself whether it compiles or loads."""
+        if self.mode is None or self.notify is None or self.saves_steps(device):
             return
         shape = (fn, batch_size, capacity, *sorted(args.items()))
         if shape in self._shapes:
@@ -172,34 +185,52 @@ class Compiler:
 
         Each new K is a graph to compile (about a minute on a CPU, cold), so compiled decoding keeps one: `choose()`
         the first time, then the same — for this Compiler's life and, through a small file next to inductor's
-        on-disk cache, for the next run of the same command, which so finds its graph compiled already.
+        on-disk cache, for the next run of the same command, which so finds its step compiled already. After a
+        run, `remember_block_size` may leave a K that the acceptance seen meanwhile says is faster for the next
+        Compiler (the next process): within one Compiler's life K stays, so a benchmark never compiles mid-run.
         """
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        key = self._block_size_key(model, batch_size)
+        if key not in self._block_sizes:
+            K = self._remembered().get(key)
+            if type(K) is not int or not 1 <= K <= model.config.block_size:  # none yet, or not one this model allows
+                K = choose()
+                self.remember_block_size(model, batch_size, K)
+            self._block_sizes[key] = K
+        return self._block_sizes[key]
 
+    def remember_block_size(self, model: Qwen3ForCausalLM, batch_size: int, K: int) -> None:
+        """The block size that the next Compiler (the next run) uses for this model and batch size: K."""
+        key = self._block_size_key(model, batch_size)
+        remembered = self._remembered()
+        remembered[key] = K
+        path = self._block_sizes_path()
+        try:  # a temporary name, then renamed: a concurrent run never reads half a file
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(f"{path}.{os.getpid()}", "w") as f:
+                json.dump(remembered, f)
+            os.replace(f"{path}.{os.getpid()}", path)
+        except OSError:  # a read-only cache: remembered for this process only
+            pass
+
+    def _block_size_key(self, model: Qwen3ForCausalLM, batch_size: int) -> str:
         c = model.config
         shape = json.dumps([vars(c), str(model.dtype), model.device.type, model.attn_backend, batch_size, self.mode],
                            sort_keys=True, default=str)
-        key = hashlib.sha256(shape.encode()).hexdigest()[:16]
-        if key not in self._block_sizes:
-            path = os.path.join(cache_dir(), "orthrus_min", "block_sizes.json")
-            try:
-                with open(path) as f:
-                    remembered = json.load(f)
-            except (OSError, ValueError):  # none yet (a cold cache), or unreadable: choose anew
-                remembered = {}
-            remembered = remembered if isinstance(remembered, dict) else {}
-            K = remembered.get(key)
-            if type(K) is not int or not 1 <= K <= c.block_size:
-                K = remembered[key] = choose()
-                try:  # a temporary name, then renamed: a concurrent run never reads half a file
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    with open(f"{path}.{os.getpid()}", "w") as f:
-                        json.dump(remembered, f)
-                    os.replace(f"{path}.{os.getpid()}", path)
-                except OSError:  # a read-only cache: remembered for this process only
-                    pass
-            self._block_sizes[key] = K
-        return self._block_sizes[key]
+        return hashlib.sha256(shape.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _block_sizes_path() -> str:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return os.path.join(cache_dir(), "orthrus_min", "block_sizes.json")
+
+    def _remembered(self) -> dict:
+        try:
+            with open(self._block_sizes_path()) as f:
+                remembered = json.load(f)
+        except (OSError, ValueError):  # none yet (a cold cache), or unreadable: choose anew
+            return {}
+        return remembered if isinstance(remembered, dict) else {}
 
     def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
         """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""
@@ -285,7 +316,7 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Step, sampling: Sampling
         raise OrthrusError(f"seeds has {seed_rows.numel()} entries for {B} prompts")
     capacity = runner.capacity(batch, step.extra_slots, model.config.max_position_embeddings)
     cache, state = runner.buffers(model, B, capacity)
-    step_fn = runner.compile(step.fn)
+    step_fn = runner.compile(step.fn, device)
 
     t0 = time.perf_counter()
     first = prefill(model, cache, batch, sampling, seed_rows)  # (B,)
@@ -303,7 +334,7 @@ def decode(model: Qwen3ForCausalLM, batch: Batch, step: Step, sampling: Sampling
             on_tokens(b, out[b].tokens[:])
     while not all(done):
         args = step.args if step.tuner is None else {**step.args, **step.tuner.next_args()}
-        runner.announce(step.fn, B, args, capacity)
+        runner.announce(step.fn, B, args, capacity, device)
         t_step = time.perf_counter()
         run, kept, *flags = step_fn(model, cache, state, sampling, eos, **args)
         rows = to_host(run, kept[:, None], state.done[:, None], *flags)  # the one host sync of the step

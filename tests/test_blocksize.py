@@ -63,8 +63,9 @@ def test_measured_costs_grow_with_k_on_a_fake_clock():
 
 
 def test_auto_candidates_stop_at_the_checkpoints_block_size():
-    assert auto_candidates(make_orthrus(3, "random", block_size=32)[1].config) == [2, 4, 8, 16, 32]
-    assert auto_candidates(make_orthrus(3, "random", block_size=12)[1].config) == [2, 4, 8, 12]
+    assert auto_candidates(make_orthrus(3, "random", block_size=32)[1].config) == [4, 8, 16, 32]
+    assert auto_candidates(make_orthrus(3, "random", block_size=12)[1].config) == [4, 8, 12]
+    assert auto_candidates(make_orthrus(3, "random", block_size=2)[1].config) == [2]  # K = 2 only when it is all there is
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from orthrus_min.ar import generate_ar
 from orthrus_min.checkpoint import DEFAULT_MODEL, load_model
-from orthrus_min.consensus import generate_orthrus
-from orthrus_min.engine import CAPACITY_BUCKET
+from orthrus_min.consensus import generate_orthrus, orthrus_step
+from orthrus_min.engine import CAPACITY_BUCKET, Compiler
 from orthrus_min.sampling import SamplingParams
+from orthrus_min.stepcache import SavedSteps
 from orthrus_min.tokenizer import Tokenizer
 from orthrus_helpers import capture_caches, make_orthrus
 
@@ -66,3 +68,77 @@ def test_unknown_compile_mode_is_a_clear_error():
     _, model = make_orthrus(9, "random", block_size=8)
     with pytest.raises(OrthrusError, match="compile mode 'fast' is unknown"):
         generate_ar(model, [1, 2], 4, compile_mode="fast")
+
+
+def test_a_saved_step_is_loaded_by_the_next_run_and_reads_that_models_weights(tmp_path, monkeypatch):
+    """A second Compiler (as in a new process) loads the step the first one saved, and runs it on other weights."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    _, first = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
+    _, second = make_orthrus(11, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)  # same shapes
+    prompt = [5, 6, 7, 8]
+    runs = [Compiler("default", notify=[].append), Compiler("default", notify=(lines := []).append)]
+    compiled = [generate_orthrus(m, prompt, 12, block_size=4, ignore_eos=True, compile_mode=c).tokens
+                for m, c in zip((first, second), runs)]
+    eager = [generate_orthrus(m, prompt, 12, block_size=4, ignore_eos=True).tokens for m in (first, second)]
+    assert compiled == eager and eager[0] != eager[1]  # the weights are inputs of the saved step, not constants in it
+    step = next(iter(runs[1]._compiled.values()))
+    assert (runs[0]._compiled[orthrus_step].compiled, step.loaded, step.compiled) == (1, 1, 0)
+    assert lines == ["loading orthrus_step (default) for batch 1, block size 4, capacity 256, compiled by an earlier run"]
+    assert len(list((tmp_path / "orthrus_min" / "steps").iterdir())) == 1
+
+
+def test_an_unreadable_saved_step_is_compiled_again(tmp_path, monkeypatch):
+    """torch.compile stood in for by a stub that 'compiles' to the function itself: what is tested is the file logic."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+
+    class Compiled:
+        def __init__(self, fn, **kwargs):
+            self.fn = fn
+
+        def aot_compile(self, example_inputs):
+            return self
+
+        def __call__(self, *args, **kwargs):
+            return self.fn(*args, **kwargs)
+
+        def save_compiled_function(self, path):
+            with open(path, "wb") as f:
+                f.write(b"not a compiled function")
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
+    for expected in ((0, 1), (0, 1)):  # the file the first run wrote cannot be loaded: the second compiles again
+        steps = SavedSteps(orthrus_step, "default")
+        tokens = generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True, compile_mode=FixedSteps(steps)).tokens
+        assert (steps.loaded, steps.compiled) == expected
+        assert [p.read_bytes() for p in (tmp_path / "orthrus_min" / "steps").iterdir()] == [b"not a compiled function"]
+        assert tokens == generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True).tokens
+
+
+class FixedSteps(Compiler):
+    """A Compiler whose step is the given SavedSteps (CPU, mode "default")."""
+
+    def __init__(self, steps):
+        super().__init__("default")
+        self.steps = steps
+
+    def compile(self, fn, device=None):
+        return self.steps
+
+
+def test_a_saved_steps_name_changes_with_what_its_graph_holds():
+    from orthrus_min.stepcache import step_key
+
+    _, model = make_orthrus(9, "random", block_size=8, num_hidden_layers=1)
+    cache, eos = model.new_cache(256, 1), torch.tensor([0])
+    key = lambda **kw: step_key(orthrus_step, "default", model, kw.get("cache", cache), kw.get("sampling", SamplingParams()),  # noqa: E731
+                                kw.get("eos", eos), kw.get("args", {"block_size": 8}))
+    base = key()
+    assert key(sampling=SamplingParams(seed=3)) == base  # the seed is a tensor input (state.seeds), not in the graph
+    others = [key(args={"block_size": 4}), key(cache=model.new_cache(512, 1)), key(cache=model.new_cache(256, 2)),
+              key(sampling=SamplingParams(temperature=0.7)), key(eos=torch.tensor([0, 1]))]
+    model.set_weight_layout()  # fp32 on a CPU: every weight column-major, as load_model leaves it
+    others.append(key())
+    model.set_attn_backend("triton")
+    others.append(key())
+    assert len({base, *others}) == 1 + len(others)

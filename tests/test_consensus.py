@@ -273,6 +273,31 @@ def test_cli_compare_stats_check(checkpoints, capsys):
     assert "[ar] tokens per forward: 1.00" in err
 
 
+def test_cli_compare_times_both_modes_alternately_and_keeps_the_fastest(checkpoints, capsys, monkeypatch):
+    """The seconds of each timed run are scripted: the speedup must be min(AR) / min(Orthrus), whatever the order."""
+    import dataclasses
+
+    from orthrus_min.api import LLM
+
+    scripted = {"ar": iter([3.0, 1.0, 2.0]), "orthrus": iter([2.0, 0.5, 4.0])}
+    calls = []
+    generate = LLM.generate
+
+    def timed(self, prompt, n, **kw):
+        out = generate(self, prompt, n, **kw)
+        calls.append((kw["mode"], n))
+        if n == 24 and kw.get("on_text") is None and kw.get("on_tokens") is None:  # a timed run, not the streamed one
+            out = dataclasses.replace(out, seconds=next(scripted[kw["mode"]]))
+        return out
+
+    monkeypatch.setattr(LLM, "generate", timed)
+    code, out, err = cli(capsys, "--model", checkpoints / "orthrus", "--compare", "--block-size", "4")
+    assert code == 0
+    assert calls == [("ar", 2), ("orthrus", 2), ("orthrus", 24)] + [("ar", 24), ("orthrus", 24)] * 3
+    assert ("[compare] outputs identical: ar 24 tokens in 1.00 s, orthrus 24 tokens in 0.50 s (the fastest of 3 runs "
+            "each, alternated); speedup 2.00x") in err
+
+
 def test_cli_ar_only_checkpoint_in_orthrus_mode(checkpoints, capsys):
     code, out, err = cli(capsys, "--model", checkpoints / "qwen3", "--mode", "orthrus")
     assert code == 2 and out == "" and err.count("\n") == 1

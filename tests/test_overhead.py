@@ -78,15 +78,19 @@ def test_compiler_remembers_its_block_size_across_runs(tmp_path, monkeypatch):
 
 
 def test_compiled_auto_decodes_with_one_block_size(tmp_path, monkeypatch):
-    """torch.compile replaced by the function itself: what is tested is the choice of K, not inductor."""
+    """Compiling replaced by the function itself: what is tested is the choice of K, not inductor."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(Compiler, "compile", lambda self, fn, device=None: fn)
     _, model = make_orthrus(4, "perturbed", block_size=16, eos_token_id=None)
     prompts = [[5, 6, 7], list(range(20, 45))]
-    outs = generate_orthrus(model, prompts, 30, block_size="auto", ignore_eos=True, compile_mode=Compiler("default"))
-    used = {K for g in outs for K in g.block_sizes}
-    assert len(used) == 1 and list(json.loads((tmp_path / "orthrus_min" / "block_sizes.json").read_text()).values()) == list(used)
-    assert [g.tokens for g in outs] == [g.tokens for g in generate_ar(model, prompts, 30, ignore_eos=True)]
+    expected = [g.tokens for g in generate_ar(model, prompts, 30, ignore_eos=True)]
+    path = tmp_path / "orthrus_min" / "block_sizes.json"
+    for _ in range(2):  # two runs: the second uses the K the first left in the file (its own, or a faster one it saw)
+        remembered = json.loads(path.read_text()) if path.exists() else {}
+        outs = generate_orthrus(model, prompts, 30, block_size="auto", ignore_eos=True, compile_mode=Compiler("default"))
+        used = {K for g in outs for K in g.block_sizes}
+        assert len(used) == 1 and (not remembered or used == set(remembered.values()))
+        assert [g.tokens for g in outs] == expected
 
 
 @pytest.mark.parametrize("bad", [0, 17, "8"])
@@ -97,3 +101,46 @@ def test_a_remembered_block_size_outside_the_checkpoints_range_is_chosen_anew(tm
     path = tmp_path / "orthrus_min" / "block_sizes.json"
     path.write_text(json.dumps(dict.fromkeys(json.loads(path.read_text()), bad)))
     assert Compiler("default").block_size(model, 1, lambda: 2) == 2
+
+
+def test_a_kept_block_size_is_replaced_only_when_the_acceptance_seen_says_another_is_clearly_faster():
+    costs = {4: 1.0, 8: 1.1, 16: 1.4}
+    chooser = BlockSizeChooser([4, 8, 16], costs)
+    chooser.keep(4)
+    chooser.observe(4, [3, 3, 3])
+    assert chooser.worth_switching() is None  # fewer than MIN_SEEN observations: no evidence yet
+    chooser.observe(4, [3] * 17 + [0, 1])  # 22 steps, 20 with every draft accepted
+    # By hand: tokens(4) = 1 + mean(n) exactly; above 4 the geometric estimate: acceptances 0.7 + 61 = 61.7,
+    # rejections 0.3 + 2 (the counts below K - 1 = 3) = 2.3, so a = 61.7 / 64.
+    a = 61.7 / 64
+    rate = {4: (1 + (3 * 20 + 0 + 1) / 22) / 1.0, 8: (1 + sum(a ** i for i in range(1, 8))) / 1.1,
+            16: (1 + sum(a ** i for i in range(1, 16))) / 1.4}
+    assert max(rate, key=rate.get) == 16 and chooser.worth_switching() == 16
+    kept8 = BlockSizeChooser([4, 8, 16], costs)
+    kept8.keep(8)
+    kept8.observe(8, [1, 2, 1, 2, 2, 1])  # at K = 8 the counts are exact for K = 4: tokens(4) == tokens(8)
+    assert kept8.worth_switching() == 4  # the same tokens for 1/1.1 of the time: 10% > the 5% margin
+    kept8.first_costs[4] = 1.07  # now 4 gains only 1.1/1.07 - 1 = 2.8%: not worth a compile
+    assert kept8.worth_switching() is None
+
+
+def test_a_remembered_block_size_is_what_the_next_run_uses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    _, model = make_orthrus(3, "random", block_size=16, num_hidden_layers=1)
+    first = Compiler("default")
+    assert first.block_size(model, 1, lambda: 4) == 4
+    first.remember_block_size(model, 1, 8)
+    assert first.block_size(model, 1, lambda: 2) == 4  # this Compiler keeps its K: no compile in the middle of its life
+    assert Compiler("default").block_size(model, 1, lambda: 2) == 8  # the next one (the next run) takes the new one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_fast_finiteness_check_agrees_with_isfinite(dtype):
+    from orthrus_min.checkpoint import all_finite
+
+    for bad in (None, float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(64, 33).to(dtype)
+        if bad is not None:
+            t[17, 5] = bad
+        assert all_finite(t) == bool(torch.isfinite(t).all()) == (bad is None)
+    assert all_finite(torch.empty(0, 4, dtype=dtype))

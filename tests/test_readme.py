@@ -24,9 +24,8 @@ def test_readme_python_example_runs_verbatim(capsys):
     out = namespace["out"]
     printed = capsys.readouterr().out
     assert out.text and printed.startswith(out.text)
-    assert 1 <= out.acceptance_mean <= 32 and out.tokens_per_second > 0 and len(out.token_ids) == 64
+    assert 1 <= out.acceptance_mean <= 32 and out.tokens_per_second > 0 and len(out.token_ids) == 128
     assert f"{out.acceptance_mean:.2f} tokens per iteration" in printed
     assert [len(c.token_ids) for c in namespace["batch"]] == [16, 32]
     assert not namespace["sampled"].sampling.greedy and namespace["sampled"].sampling.seed == 1
-    llm = namespace["llm"]
-    assert llm.generate("class Stack:", max_new_tokens=64, mode="ar").token_ids == out.token_ids  # lossless
+    assert namespace["ar"].token_ids == out.token_ids and "same tokens as AR: True; speedup " in printed  # lossless

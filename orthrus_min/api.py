@@ -235,13 +235,14 @@ class LLM:
         return [out] if one else out
 
     def block_size_chooser(self, batch_size: int):
-        """A BlockSizeChooser (blocksize.py) for a batch of this size, its step costs measured on the first call."""
-        from .blocksize import BlockSizeChooser, measure_step_costs
+        """A BlockSizeChooser (blocksize.py) for a batch of this size, its step costs measured (or remembered from an earlier
+        run on this machine) on the first call, then refined by every call."""
+        from .blocksize import BlockSizeChooser, step_costs
         from .config import auto_candidates
 
         candidates = auto_candidates(self.config)
         if batch_size not in self.step_costs:
-            self.step_costs[batch_size] = measure_step_costs(self.model, candidates, batch_size)
+            self.step_costs[batch_size] = step_costs(self.model, candidates, batch_size)
         return BlockSizeChooser(candidates, self.step_costs[batch_size])
 
     def stream(self, prompt, max_new_tokens: int = 128, **kwargs) -> Iterator[str]:

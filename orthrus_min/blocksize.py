@@ -12,9 +12,10 @@ tokens costs about what a 1-token forward does, so the largest K wins; on a CPU 
 is smaller. E[min(n, K-1)] depends on the model, the prompt and how far decoding has gone.
 
 `BlockSizeChooser` keeps both estimates:
-  * c(K): seconds per step, first from a few timed forwards (`measure_step_costs`), then from the
-    steps the loop actually ran (their wall time, compile warm-up excluded) — so compiled decoding
-    and a growing context are priced as they really are;
+  * c(K): seconds per step, first from a few timed forwards (`measure_step_costs`, a quarter of a
+    second on a CPU: `step_costs` keeps what an eager run ended with in the cache folder, so the next
+    run on this machine starts from it), then from the steps the loop actually ran (their wall time,
+    compile warm-up excluded) — so compiled decoding and a growing context are priced as they really are;
   * E[min(n, K-1)]: from the accepted-draft counts n of recent steps. A step at block size K
     observes min(n, K-1) exactly, so it answers the question for every K' <= K: its count,
     capped at K'-1. For a larger K' it says only "at least K-1"; until enough steps have run at
@@ -29,6 +30,8 @@ to compile, a minute on a CPU — and `engine.Compiler.block_size` remembers it 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from collections import deque
@@ -36,10 +39,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .cachedir import remember, remembered
+
 WINDOW = 64  # recent observations kept (acceptance drifts as the context grows)
 MIN_SEEN = 4  # observations at a block size >= K needed to use their average for K
 PRIOR_ACCEPT = 0.7  # before any observation: each draft accepted with this probability
 SWITCH_MARGIN = 0.05  # compiled decoding changes its kept K only for a gain this large (each change is a compile)
+STEP_COSTS = "step_costs.json"  # the cache folder's table of step costs (cachedir.py)
 
 
 def expected_tokens(accepted: Sequence[int], K: int) -> float:
@@ -178,4 +184,32 @@ def measure_step_costs(model, candidates: Sequence[int], batch_size: int = 1, co
     return costs
 
 
-__all__ = ["expected_tokens", "geometric_tokens", "block_size_rates", "best_block_size", "BlockSizeChooser", "measure_step_costs"]
+def step_costs_key(model, batch_size: int) -> str:
+    """What step costs depend on besides K: the model's shape and dtype, the device, the attention, the batch, the threads."""
+    device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    parts = [vars(model.config), str(model.dtype), model.device.type, device, model.attn_backend, model.model.batch_invariant,
+             batch_size, torch.get_num_threads(), torch.__version__]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def step_costs(model, candidates: Sequence[int], batch_size: int = 1) -> dict[int, float]:
+    """Seconds of one Orthrus step at each candidate K for this model, machine and batch size: what an earlier run left in
+    the cache folder (`remember_step_costs`), else `measure_step_costs` now (and kept for the next run)."""
+    known = remembered(STEP_COSTS).get(step_costs_key(model, batch_size))
+    if isinstance(known, dict):
+        costs = {K: known.get(str(K)) for K in candidates}
+        if all(type(c) is float and c > 0 for c in costs.values()):
+            return costs
+    costs = measure_step_costs(model, candidates, batch_size)
+    remember_step_costs(model, batch_size, costs)
+    return costs
+
+
+def remember_step_costs(model, batch_size: int, costs: dict[int, float]) -> None:
+    """Keeps `costs` (seconds per step at each K; after an eager run, the chooser's, refined by the steps it ran) for the
+    next run's `step_costs`."""
+    remember(STEP_COSTS, step_costs_key(model, batch_size), {str(K): float(c) for K, c in costs.items()})
+
+
+__all__ = ["expected_tokens", "geometric_tokens", "block_size_rates", "best_block_size", "BlockSizeChooser", "measure_step_costs",
+           "step_costs", "remember_step_costs", "step_costs_key", "STEP_COSTS"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Generation, make_batch, result
-from .blocksize import BlockSizeChooser, measure_step_costs
+from .blocksize import BlockSizeChooser, remember_step_costs, step_costs
 from .config import auto_candidates, require_diffusion_view, resolve_block_size
 from .engine import Compiler, DecodeState, Step, TokenCallback, commit, compiler, decode, eos_tensor
 from .errors import ConsensusCheckError
@@ -172,9 +172,9 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
     K = resolve_block_size(model.config, None if chooser else block_size)
     largest = max(chooser.candidates) if chooser else max(auto_candidates(model.config)) if K == "auto" else K
     batch = make_batch(model.config, prompts, max_new_tokens, extra_slots=largest)
-    if K == "auto":  # price each candidate K on this machine, at this batch size
+    if K == "auto":  # price each candidate K on this machine, at this batch size (measured once, then remembered)
         candidates = auto_candidates(model.config)
-        chooser = BlockSizeChooser(candidates, measure_step_costs(model, candidates, len(batch.prompts)))
+        chooser = BlockSizeChooser(candidates, step_costs(model, candidates, len(batch.prompts)))
     runner = compiler(compile_mode)
     if chooser is not None and runner.mode is not None:  # compiled: one K (each new K is a compile), the same run after run
         chooser.keep(runner.block_size(model, len(batch.prompts), chooser.best))
@@ -182,6 +182,8 @@ def generate_orthrus(model: Qwen3ForCausalLM, prompts, max_new_tokens: int | Seq
                 check=check_rows(sampling) if check else None, tuner=chooser)
     eos = eos_tensor(model, eos_token_id, ignore_eos)
     generations = decode(model, batch, step, sampling, eos, on_tokens=on_tokens, seeds=seeds, compile_mode=runner)
+    if chooser is not None and runner.mode is None:  # the eager steps' costs, for the next run on this machine
+        remember_step_costs(model, len(batch.prompts), chooser.costs)
     if chooser is not None and runner.mode is not None and (faster := chooser.worth_switching()) is not None:
         runner.remember_block_size(model, len(batch.prompts), faster)  # for the next run, which compiles it once
     for g in generations:  # the block size of each of the row's iterations

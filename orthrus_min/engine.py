@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batch import Batch, Generation, eos_ids
+from .cachedir import remember, remembered
 from .errors import OrthrusError
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
@@ -45,6 +45,8 @@ from .stepcache import SavedSteps, can_save
 TokenCallback = Callable[[int, list[int]], None]  # on_tokens(row, new tokens of that row)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CAPACITY_BUCKET = 256  # compiled decoding: cache capacities are multiples of this (fewer shapes, fewer compiles)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes whose inductor options turn on CUDA graphs
+BLOCK_SIZES = "block_sizes.json"  # the cache folder's table of the K compiled decoding keeps (cachedir.py)
 
 
 def eos_tensor(model: Qwen3ForCausalLM, eos_token_id: int | Sequence[int] | None, ignore_eos: bool) -> torch.Tensor:
@@ -117,12 +119,13 @@ class Compiler:
 
     MAX_BUFFERS = 4  # CUDA graphs: shapes whose buffers are kept
 
-    def __init__(self, mode: str | None = None, notify: Callable[[str], None] | None = None):
+    def __init__(self, mode: str | None = None, notify: Callable[[str], None] | None = None, remember: bool = True):
         if mode is not None and mode not in COMPILE_MODES:
             raise OrthrusError(f"compile mode {mode!r} is unknown; choose one of {COMPILE_MODES}")
         self.mode = mode
         self.notify = notify  # told, in one line, before each new shape compiles or loads (the CLI prints it)
-        self.cuda_graphs = mode is not None and bool(torch._inductor.list_mode_options(mode).get("triton.cudagraphs"))
+        self.remember = remember  # keep the block size of `block_size` in the cache folder, run to run (a benchmark: no)
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES  # (named here: asking inductor would import it, seconds)
         self._compiled: dict[Callable, Callable] = {}
         self._buffers: dict[tuple, tuple[KVCache, DecodeState]] = {}
         self._shapes: set[tuple] = set()
@@ -135,32 +138,36 @@ class Compiler:
         """`fn` compiled whole (fullgraph, static shapes); `fn` itself when eager.
 
         A decode step on a device where `saves_steps` holds is a `stepcache.SavedSteps`: each shape compiled
-        ahead of time and saved, so that the next run loads it in a second instead of tracing it again.
+        ahead of time and saved, so that the next run loads it in milliseconds instead of tracing it again.
         """
         if self.mode is None:
             return fn
         if fn not in self._compiled:
             if device is not None and self.saves_steps(device):
-                self._compiled[fn] = SavedSteps(fn, self.mode, self.notify)
-                return self._compiled[fn]
-            compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode)
-
-            # Both settings are read at compile time, which happens inside the call. `freezing` folds the frozen
-            # weights into the graph as constants, so that inductor can pre-pack them and tune its own matmul
-            # kernels: worth it for max-autotune, but a frozen graph bypasses inductor's on-disk cache, so every
-            # run would compile again (measured: a second run's first call 27 s frozen, 6 s not; steady speed
-            # within 10%). Every (model, batch, block, capacity, greedy-or-sampled) combination is its own
-            # graph: allow many more than dynamo's default of 8 per function, past which it would silently
-            # run the step eagerly.
-            freeze = self.mode.startswith("max-autotune")
-
-            @functools.wraps(fn)
-            def run(*args, **kwargs):
-                with torch._inductor.config.patch(freezing=freeze), torch._dynamo.config.patch(recompile_limit=256):
-                    return compiled_fn(*args, **kwargs)
-
-            self._compiled[fn] = run
+                self._compiled[fn] = SavedSteps(fn, self.mode, self.notify, fallback=lambda: self.torch_compile(fn))
+            else:
+                self._compiled[fn] = self.torch_compile(fn)
         return self._compiled[fn]
+
+    def torch_compile(self, fn: Callable) -> Callable:
+        """`fn` compiled with torch.compile in this Compiler's mode (whole, static shapes), on its first call."""
+        compiled_fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=self.mode)
+
+        # Both settings are read at compile time, which happens inside the call. `freezing` folds the frozen
+        # weights into the graph as constants, so that inductor can pre-pack them and tune its own matmul
+        # kernels: worth it for max-autotune, but a frozen graph bypasses inductor's on-disk cache, so every
+        # run would compile again (measured: a second run's first call 27 s frozen, 6 s not; steady speed
+        # within 10%). Every (model, batch, block, capacity, greedy-or-sampled) combination is its own
+        # graph: allow many more than dynamo's default of 8 per function, past which it would silently
+        # run the step eagerly.
+        freeze = self.mode.startswith("max-autotune")
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with torch._inductor.config.patch(freezing=freeze), torch._dynamo.config.patch(recompile_limit=256):
+                return compiled_fn(*args, **kwargs)
+
+        return run
 
     def saves_steps(self, device: torch.device) -> bool:
         """Whether this mode's decode steps on `device` are saved whole and loaded by later runs (`stepcache.py`)."""
@@ -184,14 +191,14 @@ class Compiler:
         """The one block size that compiled Orthrus decoding with `block_size="auto"` uses for this model and batch size.
 
         Each new K is a graph to compile (about a minute on a CPU, cold), so compiled decoding keeps one: `choose()`
-        the first time, then the same — for this Compiler's life and, through a small file next to inductor's
-        on-disk cache, for the next run of the same command, which so finds its step compiled already. After a
+        the first time, then the same — for this Compiler's life and, through a table in the cache folder
+        (`cachedir.py`), for the next run of the same command, which so finds its step compiled already. After a
         run, `remember_block_size` may leave a K that the acceptance seen meanwhile says is faster for the next
         Compiler (the next process): within one Compiler's life K stays, so a benchmark never compiles mid-run.
         """
         key = self._block_size_key(model, batch_size)
         if key not in self._block_sizes:
-            K = self._remembered().get(key)
+            K = remembered(BLOCK_SIZES).get(key) if self.remember else None
             if type(K) is not int or not 1 <= K <= model.config.block_size:  # none yet, or not one this model allows
                 K = choose()
                 self.remember_block_size(model, batch_size, K)
@@ -200,37 +207,14 @@ class Compiler:
 
     def remember_block_size(self, model: Qwen3ForCausalLM, batch_size: int, K: int) -> None:
         """The block size that the next Compiler (the next run) uses for this model and batch size: K."""
-        key = self._block_size_key(model, batch_size)
-        remembered = self._remembered()
-        remembered[key] = K
-        path = self._block_sizes_path()
-        try:  # a temporary name, then renamed: a concurrent run never reads half a file
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(f"{path}.{os.getpid()}", "w") as f:
-                json.dump(remembered, f)
-            os.replace(f"{path}.{os.getpid()}", path)
-        except OSError:  # a read-only cache: remembered for this process only
-            pass
+        if self.remember:
+            remember(BLOCK_SIZES, self._block_size_key(model, batch_size), K)
 
     def _block_size_key(self, model: Qwen3ForCausalLM, batch_size: int) -> str:
         c = model.config
         shape = json.dumps([vars(c), str(model.dtype), model.device.type, model.attn_backend, batch_size, self.mode],
                            sort_keys=True, default=str)
         return hashlib.sha256(shape.encode()).hexdigest()[:16]
-
-    @staticmethod
-    def _block_sizes_path() -> str:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        return os.path.join(cache_dir(), "orthrus_min", "block_sizes.json")
-
-    def _remembered(self) -> dict:
-        try:
-            with open(self._block_sizes_path()) as f:
-                remembered = json.load(f)
-        except (OSError, ValueError):  # none yet (a cold cache), or unreadable: choose anew
-            return {}
-        return remembered if isinstance(remembered, dict) else {}
 
     def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
         """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""

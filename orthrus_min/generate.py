@@ -82,8 +82,8 @@ def build_parser() -> Parser:
                    help="attention: torch (SDPA) or triton (our kernel); auto = triton on CUDA when installed (default: auto)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: 1 for a model under "
                    "50M parameters, else one per core that is not busy by the 1-minute load average; MLX chooses its own)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fixed-shape decode steps (the first call of each shape compiles; on a "
-                   "CPU in mode default the compiled step is saved, and later runs load it in seconds)")
+    p.add_argument("--compile", action="store_true", help="compile the fixed-shape decode steps with inductor (the first call of each shape compiles; on a "
+                   "CPU in mode default the compiled step is saved, and later runs load it in milliseconds)")
     p.add_argument("--compile-mode", default=None, help="with --compile: default, reduce-overhead (CUDA graphs), max-autotune or "
                    "max-autotune-no-cudagraphs (default: reduce-overhead on CUDA, default on a CPU)")
     p.add_argument("--no-weight-check", action="store_true", help="skip the check for NaN/inf weights at load")

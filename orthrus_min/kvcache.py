@@ -14,6 +14,8 @@ by the attention mask (or the kernel's `lengths`), never relied on being zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .errors import OrthrusError
@@ -34,6 +36,17 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): L_b, valid entries of row b
         self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1): row index for the scatter in `write`
         self._offsets = torch.arange(max_len, device=device)  # (S,): 0 … S-1
+
+    @classmethod
+    def from_tensors(cls, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], lengths: torch.Tensor) -> KVCache:
+        """A cache made of existing tensors, no copy: per-layer keys and values (B, Hkv, S, D) and lengths (B,).
+        (stepcache.py exports a decode step whose cache is a list of input tensors.)"""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.lengths = tuple(k), tuple(v), lengths
+        B, S = k[0].shape[0], k[0].shape[2]
+        cache._rows = torch.arange(B, device=lengths.device)[:, None]  # (B, 1)
+        cache._offsets = torch.arange(S, device=lengths.device)  # (S,)
+        return cache
 
     @property
     def capacity(self) -> int:

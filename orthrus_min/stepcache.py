@@ -1,24 +1,31 @@
 """Compiled decode steps saved whole, so that the next run of the same command loads them instead of compiling.
 
 torch.compile keeps its generated code on disk (inductor's cache), but every new process still
-traces the step again before it can look that code up: on this project's 2-core CPU, a second
-`generate --compile` of the shipped model spent about 6 s in its first step (tracing, cache
-lookups), 3x the whole eager run. torch's ahead-of-time compile (`torch._dynamo.aot_compile`)
-instead produces the traced *and* generated step as one object that can be written to a file;
-a later process reads it back in about a second and calls it directly. That is what `SavedSteps`
-does, one file per step shape, under `{inductor's cache}/orthrus_min/steps/`.
+imports the compiler and traces the step again before it can look that code up: on this project's
+2-core CPU a second `generate --compile` of the shipped model spent about 6 s in its first step,
+3x the whole eager run; even torch's ahead-of-time compile (`torch._dynamo.aot_compile`), loaded
+from a file, cost 4 s of importing dynamo and inductor. So on a CPU a step is compiled with
+**AOTInductor**, torch's compiler for deployment: `torch.export` traces the step into one graph,
+inductor turns it into a shared library, and a later process loads that library through torch's
+own C++ runner (`torch._C._aoti`) — in milliseconds, without importing the compiler at all.
 
-A file is only valid for what the compiled graph was built from, so its name is a hash of all of it:
-  * the package's source, torch's version and the CPU's vector instruction set (a code change retraces);
+The step becomes a module of tensors only (`FlatStep`): the cache's lengths, keys and values and
+the decode state are its inputs, which it updates in place as the eager step does; the model is a
+submodule, whose weights the saved library does not contain — each run hands it the weights of its
+own model (`load_constants`, without copying them), so a retrained checkpoint of the same shape
+reuses the file, and the file stays small.
+
+A file is only valid for what its graph was built from, so its name is a hash of all of it:
+  * the package's source, torch's version and the CPU's vector instruction set (a code change recompiles);
   * the model's config, dtype, device, weight layout, attention backend and batch-invariance setting;
   * the batch size and cache capacity (compiled steps have fixed shapes), the step's arguments
-    (Orthrus: the block size) and the sampling settings, which the graph holds as constants.
-The weights are not in it: the step takes the model as an input, so a retrained checkpoint of the
-same shape reuses the file. The loaded step still checks torch's guards (e.g. grad mode) on its
-first call; should they fail, or the file be unreadable, it is compiled again and rewritten.
+    (Orthrus: the block size) and the sampling settings, which the graph holds as constants;
+  * the thread count.
+A file that cannot be loaded is compiled again and rewritten. Files live in the cache folder's
+`steps/` (`cachedir.py`).
 
-Used for mode "default" on a CPU, the case a newcomer meets; CUDA-graph and max-autotune modes
-(which fold the weights into the graph) keep torch.compile's own caching (`engine.Compiler`).
+Used for mode "default" on a CPU with the PyTorch attention, the case a newcomer meets; CUDA-graph
+and max-autotune modes, GPUs and the Triton kernel keep torch.compile and its own caches (`engine.Compiler`).
 """
 
 from __future__ import annotations
@@ -28,17 +35,23 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from .cachedir import cache_dir
+from .kvcache import KVCache
 
 SAVED_MODES = ("default",)
 
 
 def can_save(mode: str | None, device: torch.device) -> bool:
     """Whether steps compiled with `mode` on `device` are saved and loaded whole (else: torch.compile's own caches)."""
-    return mode in SAVED_MODES and device.type == "cpu" and hasattr(torch._dynamo, "aot_compile")
+    return mode in SAVED_MODES and device.type == "cpu" and hasattr(torch._C, "_aoti")
 
 
 @functools.cache
@@ -60,62 +73,126 @@ def step_key(fn: Callable, mode: str, model, cache, sampling, eos: torch.Tensor,
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def steps_dir() -> str:
-    """Where saved steps live: next to inductor's own cache (TORCHINDUCTOR_CACHE_DIR moves both)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+def steps_dir() -> Path:
+    """Where saved steps live: `steps/` in the cache folder (cachedir.py)."""
+    return cache_dir() / "steps"
 
-    return os.path.join(cache_dir(), "orthrus_min", "steps")
+
+def flat_inputs(cache: KVCache, state, eos: torch.Tensor) -> list[torch.Tensor]:
+    """A step's tensors in `FlatStep`'s order: the cache's lengths, every layer's keys, then values, the state's fields, eos."""
+    return [cache.lengths, *cache.k, *cache.v, *(getattr(state, f.name) for f in dataclasses.fields(state)), eos]
+
+
+class FlatStep(nn.Module):
+    """A decode step `fn(model, cache, state, sampling, eos, **args)` as a module whose inputs are tensors only
+    (`flat_inputs`), which is what torch.export takes. The model is a submodule: its weights are the graph's
+    constants, named `model.<parameter name>`. The sampling settings and arguments are fixed (constants in the graph)."""
+
+    def __init__(self, fn: Callable, model: nn.Module, state_type: type, sampling, args: dict):
+        super().__init__()
+        self.fn, self.model, self.state_type, self.sampling, self.args = fn, model, state_type, sampling, args
+
+    def forward(self, lengths: torch.Tensor, *tensors: torch.Tensor):
+        L = self.model.config.num_hidden_layers
+        cache = KVCache.from_tensors(tensors[:L], tensors[L:2 * L], lengths)
+        state = self.state_type(*tensors[2 * L:-1])
+        return self.fn(self.model, cache, state, self.sampling, tensors[-1], **self.args)
 
 
 class SavedSteps:
     """`fn` compiled ahead of time per shape, each saved to a file and loaded from it by later runs.
 
     Called like `fn(model, cache, state, sampling, eos, **args)`. notify(line) is told, once per
-    shape, whether its step is compiled (a minute on a CPU, cold) or loaded (about a second).
+    shape, whether its step is compiled (a minute on a CPU, cold) or loaded (milliseconds).
+    fallback() gives the torch.compile'd `fn` for models whose step cannot be saved (the Triton
+    attention kernel, a Python operator that the saved library could not call).
     """
 
-    def __init__(self, fn: Callable, mode: str, notify: Callable[[str], None] | None = None):
-        self.fn, self.mode, self.notify = fn, mode, notify
-        self._steps: dict[tuple, Callable] = {}  # by the cheap in-process identity of a shape
+    def __init__(self, fn: Callable, mode: str, notify: Callable[[str], None] | None = None,
+                 fallback: Callable[[], Callable] | None = None):
+        self.fn, self.mode, self.notify, self.fallback = fn, mode, notify, fallback
+        self._steps: dict[tuple, tuple] = {}  # (model, its weights and their addresses, step), by a shape's in-process identity
+        self._fallback: Callable | None = None
         self.loaded = self.compiled = 0  # how many shapes came from disk / were compiled (tests, messages)
 
     def __call__(self, model, cache, state, sampling, eos, **args):
-        shape = (id(model), id(model.config), model.attn_backend, model.model.batch_invariant, cache.batch_size,
-                 cache.capacity, tuple(eos.shape), sampling.temperature, sampling.top_k, sampling.top_p,
-                 tuple(sorted(args.items())))
-        step = self._steps.get(shape)
-        if step is None:
-            step = self._steps[shape] = self.load_or_compile(model, cache, state, sampling, eos, args)
-        return step(model, cache, state, sampling, eos, **args)
+        if model.attn_backend != "torch":
+            self._fallback = self._fallback or self.fallback()
+            return self._fallback(model, cache, state, sampling, eos, **args)
+        shape = (id(model), model.model.batch_invariant, cache.batch_size, cache.capacity, tuple(eos.shape),
+                 sampling.temperature, sampling.top_k, sampling.top_p, tuple(sorted(args.items())))
+        entry = self._steps.get(shape)
+        # The loaded step reads the model's weights where they were when it was loaded: if one moved, load it again.
+        if entry is None or any(p.data_ptr() != where for p, where in entry[1]):
+            weights = [(p, p.data_ptr()) for p in model.parameters()]  # (the model is kept too, so that its id stays its own)
+            entry = self._steps[shape] = (model, weights, self.load_or_compile(model, cache, state, sampling, eos, args))
+        return entry[2](flat_inputs(cache, state, eos))
 
     def load_or_compile(self, model, cache, state, sampling, eos, args: dict) -> Callable:
-        """The step for this shape: read from its file if an earlier run saved it, else compiled now and saved."""
-        path = os.path.join(steps_dir(), step_key(self.fn, self.mode, model, cache, sampling, eos, args) + ".bin")
-        inputs = (model, cache, state, sampling, eos)
+        """The step for this shape, a function of `flat_inputs`: loaded from its file if an earlier run saved it, else
+        compiled now and saved."""
+        path = steps_dir() / (step_key(self.fn, self.mode, model, cache, sampling, eos, args) + ".pt2")
+        module = FlatStep(self.fn, model, type(state), sampling, args)
         block = f", block size {args['block_size']}" if "block_size" in args else ""
         what = f"{self.fn.__name__} ({self.mode}) for batch {cache.batch_size}{block}, capacity {cache.capacity}"
-        try:
-            # Its C++ kernels were built and checked on this CPU (its vector ISA is in the file's name), so inductor's
-            # check of the compiler (a test build and a child process: 0.7 s) is skipped while they load.
-            with open(path, "rb") as f, torch._inductor.config.patch({"cpp.vec_isa_ok": True}):
-                step = torch.compiler.load_compiled_function(f)
-            if step.guard_check(*inputs, **args):
+        if path.is_file():
+            try:
+                step = load_step(path, module)
                 self.loaded += 1
                 if self.notify is not None:
                     self.notify(f"loading {what}, compiled by an earlier run")
                 return step
-        except Exception:  # no file yet, or one this torch cannot read: compile anew
-            pass
+            except Exception:  # a file this torch cannot read: compile anew
+                pass
         if self.notify is not None:
             self.notify(f"compiling {what}: about a minute on a CPU the first time; saved for later runs, which load it")
-        step = torch.compile(self.fn, fullgraph=True, dynamic=False, mode=self.mode).aot_compile((inputs, args))
+        path = compile_step(module, flat_inputs(cache, state, eos), path)
         self.compiled += 1
-        try:  # torch writes it atomically: a concurrent run never reads half a file
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            step.save_compiled_function(path)
-        except OSError:  # a read-only or full cache: compiled for this process only
-            pass
-        return step
+        return load_step(path, module)
 
 
-__all__ = ["SavedSteps", "can_save", "step_key", "steps_dir", "SAVED_MODES"]
+def compile_step(module: FlatStep, inputs: list[torch.Tensor], path: Path) -> Path:
+    """Exports `module` for inputs shaped like `inputs`, compiles it with AOTInductor into the package `path` (without
+    the weights) and returns where it is. Written under a temporary name and renamed: a concurrent run never reads half
+    a file. A cache folder that cannot be written leaves the package in a temporary folder, for this process only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's notices to itself about its own internals, not to the user
+        with torch.inference_mode(False), torch.no_grad():  # export traces ordinary tensors: copies of the decode's inference tensors
+            examples = tuple(t.clone() for t in inputs)
+            program = torch.export.export(module, examples, strict=False)
+        return package(program, path)
+
+
+def package(program, path: Path) -> Path:
+    """AOTInductor's package of the exported `program`, without its weights, at `path` (or, unwritable, a temporary file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt2")
+    except OSError:
+        fd, tmp = tempfile.mkstemp(suffix=".pt2")
+    os.close(fd)
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=tmp,
+                                                 inductor_configs={"aot_inductor.package_constants_in_so": False})
+    except BaseException:  # a failed or interrupted compile leaves nothing behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        return Path(tmp)
+    return path
+
+
+def load_step(path: Path, module: FlatStep) -> Callable:
+    """The compiled step in package `path`, given `module`'s weights (not copied), as a function of `flat_inputs`."""
+    # (package, model name in it, run single-threaded: no, runners: 1, device index: none, a CPU)
+    runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    weights = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
+    # (name -> tensor, into the inactive buffer: no, check every constant is given: yes, user-managed, i.e. not copied: yes)
+    runner.load_constants({name: weights[name] for name in runner.get_constant_fqns()}, False, True, True)
+    return lambda inputs: tuple(runner.run(inputs))
+
+
+__all__ = ["SavedSteps", "FlatStep", "can_save", "step_key", "steps_dir", "flat_inputs", "compile_step", "load_step",
+           "SAVED_MODES"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ if not torch.cuda.is_available():
     # Triton reads this once, at import: without a GPU its kernels run in the interpreter.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# What runs leave for later runs (compiled steps, measured step costs) goes to a folder of this session's own:
+# never the user's cache, whose measurements would change which block sizes the tests see.
+os.environ["ORTHRUS_MIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="orthrus_min_tests_")
 
 CHAT_TEMPLATE = Path(__file__).resolve().parent / "data" / "qwen3_chat_template.jinja"  # the real Qwen3 template
 TEXT = """def fibonacci(n):

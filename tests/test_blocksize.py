@@ -62,6 +62,31 @@ def test_measured_costs_grow_with_k_on_a_fake_clock():
     assert costs == {2: 1.0, 8: 1.0}  # each timed pair spans one tick of the fake clock
 
 
+def test_step_costs_are_measured_once_then_remembered_by_the_next_run(tmp_path, monkeypatch):
+    """The first auto run on a machine measures the step costs; an eager run leaves its refined costs for the next."""
+    from orthrus_min import blocksize, consensus
+
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(blocksize, "measure_step_costs", lambda model, candidates, B: measured.append(B) or dict.fromkeys(candidates, 0.5))
+    _, model = make_orthrus(3, "perturbed", block_size=8, eos_token_id=None, num_hidden_layers=1)
+    assert blocksize.step_costs(model, [4, 8], 1) == {4: 0.5, 8: 0.5} and measured == [1]
+    assert blocksize.step_costs(model, [4, 8], 1) == {4: 0.5, 8: 0.5} and measured == [1]  # remembered: not measured again
+    assert blocksize.step_costs(model, [4, 8], 2) == {4: 0.5, 8: 0.5} and measured == [1, 2]  # another batch size: measured
+    assert blocksize.step_costs(model, [4, 8, 16], 1) == dict.fromkeys([4, 8, 16], 0.5) and measured == [1, 2, 1]  # a K not known
+    blocksize.remember_step_costs(model, 1, {4: 0.25, 8: 0.75})
+    assert blocksize.step_costs(model, [4, 8], 1) == {4: 0.25, 8: 0.75} and len(measured) == 3
+    (tmp_path / blocksize.STEP_COSTS).write_text("{not json")
+    assert blocksize.step_costs(model, [4, 8], 1) == {4: 0.5, 8: 0.5} and len(measured) == 4  # unreadable: measured anew
+
+    kept = []
+    monkeypatch.setattr(consensus, "remember_step_costs", lambda model, B, costs: kept.append(dict(costs)))
+    out = generate_orthrus(model, [5, 6, 7], 20, block_size="auto", ignore_eos=True)
+    assert len(measured) == 4 and len(kept) == 1  # the costs came from the table; the run's refined ones are kept
+    assert all(c > 0 for c in kept[0].values()) and kept[0] != {4: 0.5, 8: 0.5}  # a K that ran has its measured wall time
+    assert out.tokens == generate_ar(model, [5, 6, 7], 20, ignore_eos=True).tokens
+
+
 def test_auto_candidates_stop_at_the_checkpoints_block_size():
     assert auto_candidates(make_orthrus(3, "random", block_size=32)[1].config) == [4, 8, 16, 32]
     assert auto_candidates(make_orthrus(3, "random", block_size=12)[1].config) == [4, 8, 12]

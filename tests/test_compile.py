@@ -72,7 +72,7 @@ def test_unknown_compile_mode_is_a_clear_error():
 
 def test_a_saved_step_is_loaded_by_the_next_run_and_reads_that_models_weights(tmp_path, monkeypatch):
     """A second Compiler (as in a new process) loads the step the first one saved, and runs it on other weights."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
     _, first = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
     _, second = make_orthrus(11, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)  # same shapes
     prompt = [5, 6, 7, 8]
@@ -84,35 +84,87 @@ def test_a_saved_step_is_loaded_by_the_next_run_and_reads_that_models_weights(tm
     step = next(iter(runs[1]._compiled.values()))
     assert (runs[0]._compiled[orthrus_step].compiled, step.loaded, step.compiled) == (1, 1, 0)
     assert lines == ["loading orthrus_step (default) for batch 1, block size 4, capacity 256, compiled by an earlier run"]
-    assert len(list((tmp_path / "orthrus_min" / "steps").iterdir())) == 1
+    assert len(list((tmp_path / "steps").iterdir())) == 1
+    with torch.no_grad():  # new weights in new tensors (same layout): the loaded step must read these, not the old ones
+        for param in second.parameters():
+            param.data = param.data.clone().add_(torch.randn_like(param) * 0.05)
+    moved = generate_orthrus(second, prompt, 12, block_size=4, ignore_eos=True, compile_mode=runs[1]).tokens
+    assert moved == generate_orthrus(second, prompt, 12, block_size=4, ignore_eos=True).tokens != eager[1]
+    assert (step.loaded, step.compiled) == (2, 0)
+
+
+LOAD_IN_A_NEW_PROCESS = """
+import sys, torch
+from orthrus_min.checkpoint import load_model
+from orthrus_min.consensus import generate_orthrus
+from orthrus_min.engine import Compiler
+torch.set_num_threads(1)
+model = load_model(sys.argv[1])
+lines = []
+tokens = generate_orthrus(model, [5, 6, 7, 8], 12, block_size=4, ignore_eos=True, compile_mode=Compiler("default", notify=lines.append)).tokens
+print(lines, tokens, "torch._dynamo" in sys.modules, "torch._inductor" in sys.modules)
+"""
+
+
+def test_a_new_process_loads_a_saved_step_without_importing_the_compiler(tmp_path, monkeypatch):
+    """What makes a second `generate --compile` as quick as an eager run: the saved library is loaded by torch's C++
+    runner; neither dynamo nor inductor (seconds of imports) is imported, and the tokens are the eager ones."""
+    import subprocess
+    import sys
+
+    from orthrus_min.checkpoint import save_model
+
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path / "cache"))
+    _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
+    save_model(model, tmp_path / "model")
+    model = load_model(tmp_path / "model")  # as the new process will have it (weights column-major)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count is part of a saved step's name
+    try:
+        compiled = generate_orthrus(model, [5, 6, 7, 8], 12, block_size=4, ignore_eos=True, compile_mode="default").tokens
+    finally:
+        torch.set_num_threads(threads)
+    eager = generate_orthrus(model, [5, 6, 7, 8], 12, block_size=4, ignore_eos=True).tokens
+    assert compiled == eager
+    out = subprocess.run([sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, str(tmp_path / "model")], capture_output=True,
+                         text=True, check=True).stdout
+    expected = ["loading orthrus_step (default) for batch 1, block size 4, capacity 256, compiled by an earlier run"]
+    assert out.strip() == f"{expected} {eager} False False"
 
 
 def test_an_unreadable_saved_step_is_compiled_again(tmp_path, monkeypatch):
-    """torch.compile stood in for by a stub that 'compiles' to the function itself: what is tested is the file logic."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    """AOTInductor stood in for by stubs: "compiling" writes a marker file, "loading" accepts only that file and runs the
+    eager step on the flat inputs (FlatStep). What is tested is the file logic and the flat calling convention."""
+    from orthrus_min import stepcache
 
-    class Compiled:
-        def __init__(self, fn, **kwargs):
-            self.fn = fn
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
 
-        def aot_compile(self, example_inputs):
-            return self
+    def compile_step(module, inputs, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"compiled")
+        return path
 
-        def __call__(self, *args, **kwargs):
-            return self.fn(*args, **kwargs)
+    def load_step(path, module):
+        if path.read_bytes() != b"compiled":
+            raise RuntimeError("not a package")
+        return lambda inputs: module(*inputs)
 
-        def save_compiled_function(self, path):
-            with open(path, "wb") as f:
-                f.write(b"not a compiled function")
-
-    monkeypatch.setattr(torch, "compile", Compiled)
+    monkeypatch.setattr(stepcache, "compile_step", compile_step)
+    monkeypatch.setattr(stepcache, "load_step", load_step)
     _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
-    for expected in ((0, 1), (0, 1)):  # the file the first run wrote cannot be loaded: the second compiles again
+    eager = generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True).tokens
+
+    def run() -> tuple[int, int]:  # a new process: a new SavedSteps
         steps = SavedSteps(orthrus_step, "default")
-        tokens = generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True, compile_mode=FixedSteps(steps)).tokens
-        assert (steps.loaded, steps.compiled) == expected
-        assert [p.read_bytes() for p in (tmp_path / "orthrus_min" / "steps").iterdir()] == [b"not a compiled function"]
-        assert tokens == generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True).tokens
+        assert generate_orthrus(model, [5, 6], 9, block_size=4, ignore_eos=True, compile_mode=FixedSteps(steps)).tokens == eager
+        return steps.loaded, steps.compiled
+
+    assert run() == (0, 1)  # nothing saved yet: compiled
+    [saved] = (tmp_path / "steps").iterdir()
+    saved.write_bytes(b"junk")
+    assert run() == (0, 1)  # a file that cannot be loaded: compiled again, and rewritten
+    assert saved.read_bytes() == b"compiled"
+    assert run() == (1, 0)
 
 
 class FixedSteps(Compiler):

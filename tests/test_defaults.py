@@ -79,7 +79,7 @@ def test_cli_block_size_must_be_an_int_or_auto(orthrus_folder, capsys):
 
 
 def test_compiler_announces_each_new_shape_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cold cache: this step is compiled, not loaded
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))  # a cold cache: this step is compiled, not loaded
     lines = []
     compiler = Compiler("default", notify=lines.append)
     _, model = make_orthrus(9, "random", block_size=4, eos_token_id=None, num_hidden_layers=1)

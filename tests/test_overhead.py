@@ -61,7 +61,7 @@ def test_a_kept_block_size_is_used_for_every_step():
 
 
 def test_compiler_remembers_its_block_size_across_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
     _, model = make_orthrus(3, "random", block_size=8, num_hidden_layers=1)
     asked = []
 
@@ -72,19 +72,30 @@ def test_compiler_remembers_its_block_size_across_runs(tmp_path, monkeypatch):
     assert Compiler("default").block_size(model, 1, choose(8)) == 4  # the next run: the first run's choice
     assert Compiler("default").block_size(model, 2, choose(8)) == 8  # another batch size is another graph
     assert asked == [4, 8]
-    (tmp_path / "orthrus_min" / "block_sizes.json").write_text("[not a table")
+    (tmp_path / "block_sizes.json").write_text("[not a table")
     assert Compiler("default").block_size(model, 1, choose(2)) == 2  # unreadable: chosen anew
-    assert list(json.loads((tmp_path / "orthrus_min" / "block_sizes.json").read_text()).values()) == [2]
+    assert list(json.loads((tmp_path / "block_sizes.json").read_text()).values()) == [2]
+
+
+def test_a_compiler_that_does_not_remember_chooses_its_own_block_size(tmp_path, monkeypatch):
+    """What a benchmark holds: its numbers must not depend on the block size an earlier command left behind."""
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
+    _, model = make_orthrus(3, "random", block_size=8, num_hidden_layers=1)
+    assert Compiler("default").block_size(model, 1, lambda: 4) == 4  # remembered for the next run
+    bench = Compiler("default", remember=False)
+    assert bench.block_size(model, 1, lambda: 8) == 8 and bench.block_size(model, 1, lambda: 2) == 8  # its own, kept
+    bench.remember_block_size(model, 1, 2)
+    assert Compiler("default").block_size(model, 1, lambda: 8) == 4  # what the first one left, untouched
 
 
 def test_compiled_auto_decodes_with_one_block_size(tmp_path, monkeypatch):
     """Compiling replaced by the function itself: what is tested is the choice of K, not inductor."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(Compiler, "compile", lambda self, fn, device=None: fn)
     _, model = make_orthrus(4, "perturbed", block_size=16, eos_token_id=None)
     prompts = [[5, 6, 7], list(range(20, 45))]
     expected = [g.tokens for g in generate_ar(model, prompts, 30, ignore_eos=True)]
-    path = tmp_path / "orthrus_min" / "block_sizes.json"
+    path = tmp_path / "block_sizes.json"
     for _ in range(2):  # two runs: the second uses the K the first left in the file (its own, or a faster one it saw)
         remembered = json.loads(path.read_text()) if path.exists() else {}
         outs = generate_orthrus(model, prompts, 30, block_size="auto", ignore_eos=True, compile_mode=Compiler("default"))
@@ -95,10 +106,10 @@ def test_compiled_auto_decodes_with_one_block_size(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad", [0, 17, "8"])
 def test_a_remembered_block_size_outside_the_checkpoints_range_is_chosen_anew(tmp_path, monkeypatch, bad):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
     _, model = make_orthrus(3, "random", block_size=16, num_hidden_layers=1)
     Compiler("default").block_size(model, 1, lambda: 4)
-    path = tmp_path / "orthrus_min" / "block_sizes.json"
+    path = tmp_path / "block_sizes.json"
     path.write_text(json.dumps(dict.fromkeys(json.loads(path.read_text()), bad)))
     assert Compiler("default").block_size(model, 1, lambda: 2) == 2
 
@@ -125,7 +136,7 @@ def test_a_kept_block_size_is_replaced_only_when_the_acceptance_seen_says_anothe
 
 
 def test_a_remembered_block_size_is_what_the_next_run_uses(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
     _, model = make_orthrus(3, "random", block_size=16, num_hidden_layers=1)
     first = Compiler("default")
     assert first.block_size(model, 1, lambda: 4) == 4

@@ -93,10 +93,11 @@ def _block_size(model, block_size):
 
 
 def _compiler(d: Decoding, compiled: bool):
-    """One Compiler per method, kept by it across runs (compiled steps, CUDA-graph buffers); None when eager."""
+    """One Compiler per method, kept by it across runs (compiled steps, CUDA-graph buffers); None when eager. Its block
+    size under "auto" is chosen by this benchmark's own measurements, not remembered from earlier runs of anything."""
     from ..engine import Compiler
 
-    return Compiler(d.compile_mode) if compiled else None
+    return Compiler(d.compile_mode, remember=False) if compiled else None
 
 
 def _run(g) -> Run:

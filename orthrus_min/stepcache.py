@@ -47,6 +47,7 @@ from .cachedir import cache_dir
 from .kvcache import KVCache
 
 SAVED_MODES = ("default",)
+MAX_SAVED = 64  # steps kept in the folder (2 to 3 MB each for the shipped model); the least recently used go first
 
 
 def can_save(mode: str | None, device: torch.device) -> bool:
@@ -138,6 +139,7 @@ class SavedSteps:
         if path.is_file():
             try:
                 step = load_step(path, module)
+                path.touch()  # recently used: kept longest by `forget_old_steps`
                 self.loaded += 1
                 if self.notify is not None:
                     self.notify(f"loading {what}, compiled by an earlier run")
@@ -148,6 +150,7 @@ class SavedSteps:
             self.notify(f"compiling {what}: about a minute on a CPU the first time; saved for later runs, which load it")
         path = compile_step(module, flat_inputs(cache, state, eos), path)
         self.compiled += 1
+        forget_old_steps(path.parent)
         return load_step(path, module)
 
 
@@ -184,6 +187,17 @@ def package(program, path: Path) -> Path:
     return path
 
 
+def forget_old_steps(folder: Path, keep: int = MAX_SAVED) -> None:
+    """Deletes all but the `keep` most recently used steps in `folder` (every code change or new shape adds one)."""
+    try:
+        steps = [f for f in folder.glob("*.pt2") if not f.name.startswith(".")]  # (".name…": a package being written)
+        steps.sort(key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in steps[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # another run deleted one first, or a read-only folder: nothing to do
+        pass
+
+
 def load_step(path: Path, module: FlatStep) -> Callable:
     """The compiled step in package `path`, given `module`'s weights (not copied), as a function of `flat_inputs`."""
     # (package, model name in it, run single-threaded: no, runners: 1, device index: none, a CPU)
@@ -195,4 +209,4 @@ def load_step(path: Path, module: FlatStep) -> Callable:
 
 
 __all__ = ["SavedSteps", "FlatStep", "can_save", "step_key", "steps_dir", "flat_inputs", "compile_step", "load_step",
-           "SAVED_MODES"]
+           "forget_old_steps", "SAVED_MODES", "MAX_SAVED"]

@@ -167,6 +167,20 @@ def test_an_unreadable_saved_step_is_compiled_again(tmp_path, monkeypatch):
     assert run() == (1, 0)
 
 
+def test_the_steps_folder_keeps_the_most_recently_used_steps(tmp_path):
+    import os
+
+    from orthrus_min.stepcache import forget_old_steps
+
+    for i in range(5):
+        (tmp_path / f"{i}.pt2").write_bytes(b"step")
+        os.utime(tmp_path / f"{i}.pt2", (1000 + i, 1000 + i))  # step 4 used last
+    (tmp_path / ".3.x1y2.pt2").write_bytes(b"being written")  # another run's package in the making is not a step
+    os.utime(tmp_path / ".3.x1y2.pt2", (900, 900))
+    forget_old_steps(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".3.x1y2.pt2", "2.pt2", "3.pt2", "4.pt2"]
+
+
 class FixedSteps(Compiler):
     """A Compiler whose step is the given SavedSteps (CPU, mode "default")."""
 

@@ -136,16 +136,18 @@ class SavedSteps:
         module = FlatStep(self.fn, model, type(state), sampling, args)
         block = f", block size {args['block_size']}" if "block_size" in args else ""
         what = f"{self.fn.__name__} ({self.mode}) for batch {cache.batch_size}{block}, capacity {cache.capacity}"
+        step = None
         if path.is_file():
             try:
                 step = load_step(path, module)
-                path.touch()  # recently used: kept longest by `forget_old_steps`
-                self.loaded += 1
-                if self.notify is not None:
-                    self.notify(f"loading {what}, compiled by an earlier run")
-                return step
             except Exception:  # a file this torch cannot read: compile anew
                 pass
+        if step is not None:
+            self.loaded += 1
+            if self.notify is not None:
+                self.notify(f"loading {what}, compiled by an earlier run")
+            mark_used(path)
+            return step
         if self.notify is not None:
             self.notify(f"compiling {what}: about a minute on a CPU the first time; saved for later runs, which load it")
         path = compile_step(module, flat_inputs(cache, state, eos), path)
@@ -187,6 +189,14 @@ def package(program, path: Path) -> Path:
     return path
 
 
+def mark_used(path: Path) -> None:
+    """Marks a saved step as just used (its time stamp), so that `forget_old_steps` keeps it longest."""
+    try:
+        path.touch()
+    except OSError:  # a read-only cache folder: it is used all the same
+        pass
+
+
 def forget_old_steps(folder: Path, keep: int = MAX_SAVED) -> None:
     """Deletes all but the `keep` most recently used steps in `folder` (every code change or new shape adds one)."""
     try:
@@ -209,4 +219,4 @@ def load_step(path: Path, module: FlatStep) -> Callable:
 
 
 __all__ = ["SavedSteps", "FlatStep", "can_save", "step_key", "steps_dir", "flat_inputs", "compile_step", "load_step",
-           "forget_old_steps", "SAVED_MODES", "MAX_SAVED"]
+           "forget_old_steps", "mark_used", "SAVED_MODES", "MAX_SAVED"]

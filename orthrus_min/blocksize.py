@@ -30,8 +30,6 @@ to compile, a minute on a CPU — and `engine.Compiler.block_size` remembers it 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import time
 from collections import deque
@@ -39,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .cachedir import remember, remembered
+from .cachedir import key, remember, remembered
 
 WINDOW = 64  # recent observations kept (acceptance drifts as the context grows)
 MIN_SEEN = 4  # observations at a block size >= K needed to use their average for K
@@ -189,7 +187,7 @@ def step_costs_key(model, batch_size: int) -> str:
     device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
     parts = [vars(model.config), str(model.dtype), model.device.type, device, model.attn_backend, model.model.batch_invariant,
              batch_size, torch.get_num_threads(), torch.__version__]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key(parts)
 
 
 def step_costs(model, candidates: Sequence[int], batch_size: int = 1) -> dict[int, float]:

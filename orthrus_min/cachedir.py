@@ -14,6 +14,7 @@ Finding the folder imports nothing from torch's compiler (that import alone take
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,12 @@ def cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orthrus_min"
+
+
+def key(parts: list, length: int = 16) -> str:
+    """The name of an entry (a table key, a file name): a hash of everything its content depends on, `parts` (JSON-able;
+    anything else by its str)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def remembered(table: str) -> dict:
@@ -52,4 +59,4 @@ def remember(table: str, key: str, value) -> None:
         pass
 
 
-__all__ = ["cache_dir", "remembered", "remember", "CACHE_ENV"]
+__all__ = ["cache_dir", "key", "remembered", "remember", "CACHE_ENV"]

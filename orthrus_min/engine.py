@@ -26,8 +26,6 @@ size that compiled Orthrus decoding keeps under `block_size="auto"` (remembered 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .batch import Batch, Generation, eos_ids
-from .cachedir import remember, remembered
+from .cachedir import key, remember, remembered
 from .errors import OrthrusError
 from .kvcache import KVCache
 from .model import Qwen3ForCausalLM
@@ -212,9 +210,7 @@ class Compiler:
 
     def _block_size_key(self, model: Qwen3ForCausalLM, batch_size: int) -> str:
         c = model.config
-        shape = json.dumps([vars(c), str(model.dtype), model.device.type, model.attn_backend, batch_size, self.mode],
-                           sort_keys=True, default=str)
-        return hashlib.sha256(shape.encode()).hexdigest()[:16]
+        return key([vars(c), str(model.dtype), model.device.type, model.attn_backend, batch_size, self.mode])
 
     def capacity(self, batch: Batch, extra_slots: int, limit: int) -> int:
         """Slots per row: the longest prompt + budget, plus `extra_slots`; compiled, rounded up to a CAPACITY_BUCKET."""

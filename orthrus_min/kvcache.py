@@ -31,22 +31,24 @@ class KVCache:
         if batch_size < 1:
             raise OrthrusError(f"KV cache batch size must be at least 1, got {batch_size}")
         shape = (batch_size, num_kv_heads, max_len, head_dim)  # (B, Hkv, S, D)
-        self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))  # one per layer
-        self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,): L_b, valid entries of row b
-        self._rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1): row index for the scatter in `write`
-        self._offsets = torch.arange(max_len, device=device)  # (S,): 0 … S-1
+        self._hold(tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)),  # one per layer
+                   tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)),
+                   torch.zeros(batch_size, dtype=torch.long, device=device))  # lengths (B,): L_b, valid entries of row b
 
     @classmethod
     def from_tensors(cls, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], lengths: torch.Tensor) -> KVCache:
         """A cache made of existing tensors, no copy: per-layer keys and values (B, Hkv, S, D) and lengths (B,).
         (stepcache.py exports a decode step whose cache is a list of input tensors.)"""
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.lengths = tuple(k), tuple(v), lengths
-        B, S = k[0].shape[0], k[0].shape[2]
-        cache._rows = torch.arange(B, device=lengths.device)[:, None]  # (B, 1)
-        cache._offsets = torch.arange(S, device=lengths.device)  # (S,)
+        cache._hold(tuple(k), tuple(v), lengths)
         return cache
+
+    def _hold(self, k: tuple[torch.Tensor, ...], v: tuple[torch.Tensor, ...], lengths: torch.Tensor) -> None:
+        """Takes per-layer keys and values (B, Hkv, S, D) and lengths (B,) as this cache's, with `write`'s index tensors."""
+        self.k, self.v, self.lengths = k, v, lengths
+        B, S = k[0].shape[0], k[0].shape[2]
+        self._rows = torch.arange(B, device=lengths.device)[:, None]  # (B, 1): row index for the scatter in `write`
+        self._offsets = torch.arange(S, device=lengths.device)  # (S,): 0 … S-1
 
     @property
     def capacity(self) -> int:

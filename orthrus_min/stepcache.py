@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import tempfile
 import warnings
@@ -43,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cachedir import cache_dir
+from .cachedir import cache_dir, key
 from .kvcache import KVCache
 
 SAVED_MODES = ("default",)
@@ -71,7 +70,7 @@ def step_key(fn: Callable, mode: str, model, cache, sampling, eos: torch.Tensor,
     parts = [fn.__module__, fn.__qualname__, mode, torch.__version__, source_digest(), vars(model.config), str(model.dtype),
              str(model.device), layout, model.attn_backend, model.model.batch_invariant, cache.batch_size, cache.capacity,
              list(eos.shape), sorted(args.items()), sampling, torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return key(parts, 24)
 
 
 def steps_dir() -> Path:

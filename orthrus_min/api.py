@@ -310,8 +310,8 @@ def load(model: str | Path | None = None, *, device: str = "auto", dtype: str = 
     device: "auto", "cpu", "cuda", "cuda:N" (MLX: "auto", "cpu", "gpu"); dtype: "auto" (bf16 on a
     GPU, fp32 on a CPU), "float32", "bfloat16", "float16"; attn: "auto", "torch" or "triton";
     backend: "torch" or "mlx"; compile: None or a torch.compile mode for the decode steps
-    ("default", "reduce-overhead", "max-autotune"; a line on stderr per new shape: compiled, or on a CPU in mode
-    "default" loaded from the file an earlier run saved, orthrus_min/stepcache.py);
+    ("default", "reduce-overhead", "max-autotune"; a line on stderr per new shape: compiled, or on a CPU
+    loaded from the file an earlier run saved, orthrus_min/stepcache.py);
     threads: CPU threads for torch (default: `default_threads`; torch's setting is process-wide);
     check_weights: refuse NaN/inf weights.
     """

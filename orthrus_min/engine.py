@@ -155,9 +155,10 @@ class Compiler:
         # weights into the graph as constants, so that inductor can pre-pack them and tune its own matmul
         # kernels: worth it for max-autotune, but a frozen graph bypasses inductor's on-disk cache, so every
         # run would compile again (measured: a second run's first call 27 s frozen, 6 s not; steady speed
-        # within 10%). Every (model, batch, block, capacity, greedy-or-sampled) combination is its own
-        # graph: allow many more than dynamo's default of 8 per function, past which it would silently
-        # run the step eagerly.
+        # within 10%; on a CPU, the frozen steps of a small model are saved whole instead, stepcache.py).
+        # Every (model, batch, block, capacity, greedy-or-sampled) combination is its own graph: allow
+        # many more than dynamo's default of 8 per function, past which it would silently run the step
+        # eagerly.
         freeze = self.mode.startswith("max-autotune")
 
         @functools.wraps(fn)
@@ -239,8 +240,9 @@ class Compiler:
             if len(self._buffers) >= self.MAX_BUFFERS:
                 self._buffers.pop(next(iter(self._buffers)))
             cache, state = allocate()
-            for t in (*cache.k, *cache.v, cache.lengths, *vars(state).values()):
-                torch._dynamo.mark_static_address(t)
+            if not self.saves_steps(model.device):  # (a saved step, max-autotune on a CPU, never imports dynamo)
+                for t in (*cache.k, *cache.v, cache.lengths, *vars(state).values()):
+                    torch._dynamo.mark_static_address(t)
             self._buffers[key] = (cache, state)
         cache, state = self._buffers[key]
         cache.lengths.zero_()

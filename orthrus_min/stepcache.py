@@ -20,12 +20,20 @@ A file is only valid for what its graph was built from, so its name is a hash of
   * the model's config, dtype, device, weight layout, attention backend and batch-invariance setting;
   * the batch size and cache capacity (compiled steps have fixed shapes), the step's arguments
     (Orthrus: the block size) and the sampling settings, which the graph holds as constants;
-  * the thread count.
+  * the thread count;
+  * max-autotune only: the weights themselves, which its package holds.
 A file that cannot be loaded is compiled again and rewritten. Files live in the cache folder's
 `steps/` (`cachedir.py`).
 
-Used for mode "default" on a CPU with the PyTorch attention, the case a newcomer meets; CUDA-graph
-and max-autotune modes, GPUs and the Triton kernel keep torch.compile and its own caches (`engine.Compiler`).
+Used on a CPU with the PyTorch attention, in mode "default" (the case a newcomer meets) and in the
+max-autotune modes. max-autotune *freezes* the weights into the graph, so that inductor can pack each
+matmul's weight for its own C++ matmul kernel and keep, per matmul, whichever of that kernel and the
+BLAS call it timed faster, which on this project's 2-core AMD CPU makes the compiled steps of the
+shipped model clearly faster than in mode "default" (README, Results). The packed weights
+are computed while compiling, so such a package holds the weights (54 MB for an Orthrus step of the
+shipped model): its name also hashes the weights' bytes, and only models of up to
+`MAX_FROZEN_BYTES` of weights are saved this way. GPUs, larger frozen models and the Triton kernel
+keep torch.compile and its own caches (`engine.Compiler`).
 """
 
 from __future__ import annotations
@@ -45,13 +53,40 @@ from torch import nn
 from .cachedir import cache_dir, key
 from .kvcache import KVCache
 
-SAVED_MODES = ("default",)
-MAX_SAVED = 64  # steps kept in the folder (2 to 3 MB each for the shipped model); the least recently used go first
+# inductor's options for each mode whose steps are saved (module docstring): "default" leaves the weights out of
+# the package; max-autotune freezes them into the graph, packs them for inductor's own matmul kernel and keeps
+# them in the package, packed.
+MAX_AUTOTUNE = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "freezing": True,
+                "aot_inductor.package_constants_in_so": True,
+                "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # (no timing tables)
+SAVED_MODES = {"default": {"aot_inductor.package_constants_in_so": False}, "max-autotune": MAX_AUTOTUNE,
+               "max-autotune-no-cudagraphs": MAX_AUTOTUNE}
+MAX_FROZEN_BYTES = 256 << 20  # max-autotune: larger models are not saved with their weights (torch.compile instead)
+MAX_SAVED = 64  # steps kept in the folder (2 to 3 MB each for the shipped model, 54 MB with weights) …
+MAX_SAVED_BYTES = 2 << 30  # … and at most this many bytes of them: the least recently used go first
 
 
 def can_save(mode: str | None, device: torch.device) -> bool:
     """Whether steps compiled with `mode` on `device` are saved and loaded whole (else: torch.compile's own caches)."""
     return mode in SAVED_MODES and device.type == "cpu" and hasattr(torch._C, "_aoti")
+
+
+def holds_weights(mode: str) -> bool:
+    """Whether a saved step of `mode` carries the model's weights inside its package (max-autotune: frozen, packed)."""
+    return SAVED_MODES[mode]["aot_inductor.package_constants_in_so"]
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """The bytes of `model`'s weights."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A hash of every weight's bytes (tens of milliseconds for the shipped model)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @functools.cache
@@ -70,6 +105,8 @@ def step_key(fn: Callable, mode: str, model, cache, sampling, eos: torch.Tensor,
     parts = [fn.__module__, fn.__qualname__, mode, torch.__version__, source_digest(), vars(model.config), str(model.dtype),
              str(model.device), layout, model.attn_backend, model.model.batch_invariant, cache.batch_size, cache.capacity,
              list(eos.shape), sorted(args.items()), sampling, torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()]
+    if holds_weights(mode):
+        parts.append(weights_digest(model))
     return key(parts, 24)
 
 
@@ -116,7 +153,7 @@ class SavedSteps:
         self.loaded = self.compiled = 0  # how many shapes came from disk / were compiled (tests, messages)
 
     def __call__(self, model, cache, state, sampling, eos, **args):
-        if model.attn_backend != "torch":
+        if model.attn_backend != "torch" or (holds_weights(self.mode) and weights_bytes(model) > MAX_FROZEN_BYTES):
             self._fallback = self._fallback or self.fallback()
             return self._fallback(model, cache, state, sampling, eos, **args)
         shape = (id(model), model.model.batch_invariant, cache.batch_size, cache.capacity, tuple(eos.shape),
@@ -138,7 +175,7 @@ class SavedSteps:
         step = None
         if path.is_file():
             try:
-                step = load_step(path, module)
+                step = load_step(path, module, SAVED_MODES[self.mode])
             except Exception:  # a file this torch cannot read: compile anew
                 pass
         if step is not None:
@@ -149,26 +186,28 @@ class SavedSteps:
             return step
         if self.notify is not None:
             self.notify(f"compiling {what}: about a minute on a CPU the first time; saved for later runs, which load it")
-        path = compile_step(module, flat_inputs(cache, state, eos), path)
+        path = compile_step(module, flat_inputs(cache, state, eos), path, SAVED_MODES[self.mode])
         self.compiled += 1
         forget_old_steps(path.parent)
-        return load_step(path, module)
+        return load_step(path, module, SAVED_MODES[self.mode])
 
 
-def compile_step(module: FlatStep, inputs: list[torch.Tensor], path: Path) -> Path:
-    """Exports `module` for inputs shaped like `inputs`, compiles it with AOTInductor into the package `path` (without
-    the weights) and returns where it is. Written under a temporary name and renamed: a concurrent run never reads half
-    a file. A cache folder that cannot be written leaves the package in a temporary folder, for this process only."""
+def compile_step(module: FlatStep, inputs: list[torch.Tensor], path: Path, options: dict | None = None) -> Path:
+    """Exports `module` for inputs shaped like `inputs`, compiles it with AOTInductor and inductor `options` (a mode's,
+    `SAVED_MODES`) into the package `path` and returns where it is. Written under a temporary name and renamed: a
+    concurrent run never reads half a file. A cache folder that cannot be written leaves the package in a temporary folder, for this process only."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's notices to itself about its own internals, not to the user
+        warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # (the same, from max-autotune's timing)
         with torch.inference_mode(False), torch.no_grad():  # export traces ordinary tensors: copies of the decode's inference tensors
             examples = tuple(t.clone() for t in inputs)
             program = torch.export.export(module, examples, strict=False)
-        return package(program, path)
+        return package(program, path, options)
 
 
-def package(program, path: Path) -> Path:
-    """AOTInductor's package of the exported `program`, without its weights, at `path` (or, unwritable, a temporary file)."""
+def package(program, path: Path, options: dict | None = None) -> Path:
+    """AOTInductor's package of the exported `program`, compiled with inductor `options` (by default mode "default"'s:
+    without the weights), at `path` (or, unwritable, a temporary file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt2")
@@ -177,7 +216,7 @@ def package(program, path: Path) -> Path:
     os.close(fd)
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=tmp,
-                                                 inductor_configs={"aot_inductor.package_constants_in_so": False})
+                                                 inductor_configs=options or SAVED_MODES["default"])
     except BaseException:  # a failed or interrupted compile leaves nothing behind
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -196,26 +235,34 @@ def mark_used(path: Path) -> None:
         pass
 
 
-def forget_old_steps(folder: Path, keep: int = MAX_SAVED) -> None:
-    """Deletes all but the `keep` most recently used steps in `folder` (every code change or new shape adds one)."""
+def forget_old_steps(folder: Path, keep: int = MAX_SAVED, keep_bytes: int = MAX_SAVED_BYTES) -> None:
+    """Deletes all but the `keep` most recently used steps in `folder`, and the older ones past `keep_bytes` of them
+    (every code change or new shape adds one); the newest is always kept."""
     try:
         steps = [f for f in folder.glob("*.pt2") if not f.name.startswith(".")]  # (".name…": a package being written)
-        steps.sort(key=lambda f: f.stat().st_mtime, reverse=True)
-        for old in steps[keep:]:
-            old.unlink(missing_ok=True)
+        steps = sorted(((f.stat().st_mtime, f.stat().st_size, f) for f in steps), reverse=True)
+        total = 0
+        for i, (_, size, old) in enumerate(steps):
+            total += size
+            if i > 0 and (i >= keep or total > keep_bytes):
+                old.unlink(missing_ok=True)
     except OSError:  # another run deleted one first, or a read-only folder: nothing to do
         pass
 
 
-def load_step(path: Path, module: FlatStep) -> Callable:
-    """The compiled step in package `path`, given `module`'s weights (not copied), as a function of `flat_inputs`."""
+def load_step(path: Path, module: FlatStep, options: dict | None = None) -> Callable:
+    """The compiled step in package `path`, as a function of `flat_inputs`: given `module`'s weights (not copied), or,
+    for a mode whose package `holds_weights`, with its own."""
     # (package, model name in it, run single-threaded: no, runners: 1, device index: none, a CPU)
     runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    if (options or SAVED_MODES["default"])["aot_inductor.package_constants_in_so"]:  # its own, frozen weights
+        return lambda inputs: tuple(runner.run(inputs))
     weights = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
     # (name -> tensor, into the inactive buffer: no, check every constant is given: yes, user-managed, i.e. not copied: yes)
     runner.load_constants({name: weights[name] for name in runner.get_constant_fqns()}, False, True, True)
     return lambda inputs: tuple(runner.run(inputs))
 
 
-__all__ = ["SavedSteps", "FlatStep", "can_save", "step_key", "steps_dir", "flat_inputs", "compile_step", "load_step",
-           "forget_old_steps", "mark_used", "SAVED_MODES", "MAX_SAVED"]
+__all__ = ["SavedSteps", "FlatStep", "can_save", "holds_weights", "weights_bytes", "weights_digest", "step_key", "steps_dir",
+           "flat_inputs", "compile_step", "load_step", "forget_old_steps", "mark_used", "SAVED_MODES", "MAX_SAVED",
+           "MAX_SAVED_BYTES", "MAX_FROZEN_BYTES"]

@@ -139,12 +139,12 @@ def test_an_unreadable_saved_step_is_compiled_again(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
 
-    def compile_step(module, inputs, path):
+    def compile_step(module, inputs, path, options=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"compiled")
         return path
 
-    def load_step(path, module):
+    def load_step(path, module, options=None):
         if path.read_bytes() != b"compiled":
             raise RuntimeError("not a package")
         return lambda inputs: module(*inputs)
@@ -208,3 +208,40 @@ def test_a_saved_steps_name_changes_with_what_its_graph_holds():
     model.set_attn_backend("triton")
     others.append(key())
     assert len({base, *others}) == 1 + len(others)
+
+
+def test_a_max_autotune_step_is_saved_with_its_weights(tmp_path, monkeypatch):
+    """max-autotune freezes the weights into the step (packed for inductor's matmul kernel): the package holds them,
+    so its name hashes them — other weights, another file — and a later Compiler loads it with no weights handed in."""
+    from orthrus_min import stepcache
+
+    monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
+    _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
+    prompt = [5, 6, 7, 8]
+    eager = generate_orthrus(model, prompt, 12, block_size=4, ignore_eos=True).tokens
+    runs = [Compiler("max-autotune", notify=[].append), Compiler("max-autotune", notify=(lines := []).append)]
+    compiled = [generate_orthrus(model, prompt, 12, block_size=4, ignore_eos=True, compile_mode=c).tokens for c in runs]
+    assert compiled == [eager, eager]
+    assert (runs[0]._compiled[orthrus_step].compiled, runs[1]._compiled[orthrus_step].loaded) == (1, 1)
+    assert lines == ["loading orthrus_step (max-autotune) for batch 1, block size 4, capacity 256, compiled by an earlier run"]
+    [saved] = (tmp_path / "steps").iterdir()
+    assert saved.stat().st_size > stepcache.weights_bytes(model)  # the weights are inside
+    _, other = make_orthrus(11, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)  # same shapes
+    assert stepcache.weights_digest(other) != stepcache.weights_digest(model)
+    assert stepcache.weights_digest(model) == stepcache.weights_digest(make_orthrus(9, "perturbed", block_size=4,
+                                                                                     eos_token_id=None, num_hidden_layers=1)[1])
+
+
+def test_a_model_too_large_to_freeze_into_a_file_falls_back_to_torch_compile(monkeypatch):
+    """Above MAX_FROZEN_BYTES of weights, a max-autotune step is not saved (its package would hold them all)."""
+    from orthrus_min import stepcache
+
+    monkeypatch.setattr(stepcache, "MAX_FROZEN_BYTES", 1000)
+    _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
+    calls = []
+    steps = SavedSteps(orthrus_step, "max-autotune", fallback=lambda: (calls.append(1), orthrus_step)[1])
+    eager = generate_orthrus(model, [5, 6, 7, 8], 12, block_size=4, ignore_eos=True).tokens
+    compiler = Compiler(None)
+    compiler.mode, compiler._compiled[orthrus_step] = "max-autotune", steps  # (the fallback: the eager step, no compile)
+    assert generate_orthrus(model, [5, 6, 7, 8], 12, block_size=4, ignore_eos=True, compile_mode=compiler).tokens == eager
+    assert calls == [1] and steps.compiled == steps.loaded == 0

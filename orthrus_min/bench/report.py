@@ -122,7 +122,8 @@ def provenance(r: dict, source: str) -> list[str]:
     s = r["settings"]
     argv = r.get("argv")
     command = "python -m orthrus_min.bench " + (shlex.join(argv) if argv else f"{r['command']}  # flags not recorded in the JSON")
-    compiled = f"; compiled rows: torch.compile mode `{s['compile_mode']}`" if s.get("compile_mode") else ""
+    how = "AOTInductor" if str(s.get("device", "")).startswith("cpu") else "torch.compile"  # (engine.Compiler)
+    compiled = f"; compiled rows: {how}, mode `{s['compile_mode']}`" if s.get("compile_mode") else ""
     skipped = f" ({len(s['skipped_prompts'])} too long for the context left out)" if s.get("skipped_prompts") else ""
     lines = [f"Every number in this section comes from one run, `{source}`, written by", "", "```bash", command, "```", "",
              f"on {machine_text(r['machine_info'])}. Model: {model_name(s)} ({s['params_ar'] / 1e6:.2f}M AR + "

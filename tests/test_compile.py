@@ -179,6 +179,10 @@ def test_the_steps_folder_keeps_the_most_recently_used_steps(tmp_path):
     os.utime(tmp_path / ".3.x1y2.pt2", (900, 900))
     forget_old_steps(tmp_path, keep=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".3.x1y2.pt2", "2.pt2", "3.pt2", "4.pt2"]
+    forget_old_steps(tmp_path, keep=3, keep_bytes=9)  # 4 bytes each: the two most recent fit, the third does not
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".3.x1y2.pt2", "3.pt2", "4.pt2"]
+    forget_old_steps(tmp_path, keep=3, keep_bytes=1)  # the newest stays even when it alone is over the limit
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".3.x1y2.pt2", "4.pt2"]
 
 
 class FixedSteps(Compiler):

@@ -220,6 +220,8 @@ def test_a_max_autotune_step_is_saved_with_its_weights(tmp_path, monkeypatch):
     from orthrus_min import stepcache
 
     monkeypatch.setenv("ORTHRUS_MIN_CACHE_DIR", str(tmp_path))
+    # Only inductor's own matmul kernel (the one that needs the packed weights): no BLAS candidates to time, a faster compile.
+    monkeypatch.setitem(stepcache.SAVED_MODES["max-autotune"], "max_autotune_gemm_backends", "CPP")
     _, model = make_orthrus(9, "perturbed", block_size=4, eos_token_id=None, num_hidden_layers=1)
     prompt = [5, 6, 7, 8]
     eager = generate_orthrus(model, prompt, 12, block_size=4, ignore_eos=True).tokens

@@ -110,13 +110,20 @@ def test_closed_stderr_sends_nothing_to_stdout(tmp_path, endless, capsys):
 # --------------------------------------------------------------------------- Ctrl-C
 
 
+def interruptible() -> None:
+    """Run in each child before it starts: SIGINT back to its default. A test run started in the background without job
+    control (`nohup pytest &`) hands its children SIGINT ignored, and Python then never installs its Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("moment", ["import:orthrus_min.api", "import:torch", "import:safetensors", "write:3"],
                          ids=["api-import", "torch-import", "weights-load", "mid-generation"])
 def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path, endless, moment):
     """A real SIGINT, sent at exactly that moment (tests/signal_hook.py): while torch is imported, while the checkpoint
     loads, while the continuation streams."""
     done = subprocess.run([sys.executable, str(HOOK), moment, "--", "--model", str(endless), "--prompt", "x",
-                           "--max-new-tokens", "500"], capture_output=True, env=ENV, cwd=tmp_path, timeout=300)
+                           "--max-new-tokens", "500"], capture_output=True, env=ENV, cwd=tmp_path, timeout=300,
+                          preexec_fn=interruptible)
     assert done.returncode == 130 and done.stderr == b"interrupted\n", done.stderr.decode()[-2000:]
 
 
@@ -124,7 +131,7 @@ def test_ctrl_c_from_outside_during_generation(tmp_path, endless):
     """Ctrl-C from another process once text is streaming (1500 new tokens, no EOS: the run is still going then)."""
     child = subprocess.Popen([sys.executable, "-m", "orthrus_min.generate", "--model", str(endless), "--prompt", "x",
                               "--max-new-tokens", "1500", "--mode", "ar"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=ENV, cwd=tmp_path)
+                             env=ENV, cwd=tmp_path, preexec_fn=interruptible)
     try:
         assert child.stdout.read(1)  # the first byte of the continuation: generation has started
         child.send_signal(signal.SIGINT)
@@ -152,7 +159,8 @@ def test_ctrl_c_while_reading_stdin(tmp_path, endless):
     """`--prompt-file -` from a stream that never ends a line: Ctrl-C interrupts the read. The child has read part of
     what we wrote (a write larger than the pipe's buffer returns only once it did) and waits for more."""
     child = subprocess.Popen([sys.executable, "-m", "orthrus_min.generate", "--model", str(endless), "--prompt-file", "-"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=tmp_path)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=tmp_path,
+                             preexec_fn=interruptible)
     try:
         child.stdin.write(b'{"prompt": "' + b"a" * 2**20)  # 1 MiB of one line: under the 4 MiB line limit
         child.stdin.flush()

@@ -153,17 +153,27 @@ class SavedSteps:
         self.loaded = self.compiled = 0  # how many shapes came from disk / were compiled (tests, messages)
 
     def __call__(self, model, cache, state, sampling, eos, **args):
-        if model.attn_backend != "torch" or (holds_weights(self.mode) and weights_bytes(model) > MAX_FROZEN_BYTES):
-            self._fallback = self._fallback or self.fallback()
-            return self._fallback(model, cache, state, sampling, eos, **args)
+        if model.attn_backend != "torch":
+            return self.fallback_step()(model, cache, state, sampling, eos, **args)
         shape = (id(model), model.model.batch_invariant, cache.batch_size, cache.capacity, tuple(eos.shape),
                  sampling.temperature, sampling.top_k, sampling.top_p, tuple(sorted(args.items())))
         entry = self._steps.get(shape)
         # The loaded step reads the model's weights where they were when it was loaded: if one moved, load it again.
         if entry is None or any(p.data_ptr() != where for p, where in entry[1]):
             weights = [(p, p.data_ptr()) for p in model.parameters()]  # (the model is kept too, so that its id stays its own)
-            entry = self._steps[shape] = (model, weights, self.load_or_compile(model, cache, state, sampling, eos, args))
+            if holds_weights(self.mode) and weights_bytes(model) > MAX_FROZEN_BYTES:  # too large to freeze into a file
+                step = None
+            else:
+                step = self.load_or_compile(model, cache, state, sampling, eos, args)
+            entry = self._steps[shape] = (model, weights, step)
+        if entry[2] is None:
+            return self.fallback_step()(model, cache, state, sampling, eos, **args)
         return entry[2](flat_inputs(cache, state, eos))
+
+    def fallback_step(self) -> Callable:
+        """The torch.compile'd step (`fallback()`, made on first use) for models whose step is not saved."""
+        self._fallback = self._fallback or self.fallback()
+        return self._fallback
 
     def load_or_compile(self, model, cache, state, sampling, eos, args: dict) -> Callable:
         """The step for this shape, a function of `flat_inputs`: loaded from its file if an earlier run saved it, else
@@ -195,7 +205,8 @@ class SavedSteps:
 def compile_step(module: FlatStep, inputs: list[torch.Tensor], path: Path, options: dict | None = None) -> Path:
     """Exports `module` for inputs shaped like `inputs`, compiles it with AOTInductor and inductor `options` (a mode's,
     `SAVED_MODES`) into the package `path` and returns where it is. Written under a temporary name and renamed: a
-    concurrent run never reads half a file. A cache folder that cannot be written leaves the package in a temporary folder, for this process only."""
+    concurrent run never reads half a file. A cache folder that cannot be written leaves the package in a temporary
+    folder, for this process only."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's notices to itself about its own internals, not to the user
         warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # (the same, from max-autotune's timing)

@@ -1,7 +1,7 @@
 """What one run leaves for the next: the cache folder, and the small JSON tables kept in it.
 
 A second run of the same command should not pay again for what the first one measured or compiled:
-  * `steps/`: compiled decode steps, the 64 most recently used (`stepcache.py`);
+  * `steps/`: compiled decode steps, the 64 most recently used, at most 2 GB of them (`stepcache.py`);
   * `step_costs.json`: the measured seconds of an Orthrus step at each block size, per model shape,
     device, batch size and thread count (`blocksize.py`: `block_size="auto"` starts from them);
   * `block_sizes.json`: the one block size compiled decoding keeps per model and batch size (`engine.py`).
